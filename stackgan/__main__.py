@@ -1,0 +1,3 @@
+from stackgan.cli import main
+
+raise SystemExit(main())

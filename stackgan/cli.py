@@ -1,0 +1,52 @@
+"""``stackgan`` command: one sub-command per task, each also runnable as ``python -m <module>``.
+
+Every command module exposes ``main(argv: list[str] | None) -> int`` and builds its own
+``argparse`` parser, so ``stackgan <command> --help`` and ``python -m <module> --help`` agree.
+Modules are imported lazily so that ``stackgan --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "make-twin": ("stackgan.data.twin", "write a synthetic CUB twin in the real on-disk layout"),
+    "validate-data": ("stackgan.data.cub", "check a CUB + birds-bundle tree and print a summary"),
+    "build-shards": (
+        "stackgan.data.shards",
+        "crop, resize and write WebDataset shards + HDF5 index",
+    ),
+}
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = [
+        "usage: stackgan <command> [options]",
+        "",
+        "StackGAN pipeline commands (run `stackgan <command> --help` for details):",
+        "",
+    ]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch ``stackgan <command> ...`` to the command's module."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if argv[0] == "--version":
+        from stackgan import __version__
+
+        print(__version__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"stackgan: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest, prog=f"stackgan {name}") or 0)
