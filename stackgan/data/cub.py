@@ -1,0 +1,489 @@
+"""Reader and validator for CUB-200-2011 plus the StackGAN "birds" bundle.
+
+Layout (paths are passed in; nothing is hard-coded)::
+
+    <cub_dir>/images.txt              "<image_id> <class_dir>/<file>.jpg"
+    <cub_dir>/bounding_boxes.txt      "<image_id> <x> <y> <w> <h>"  (floats)
+    <cub_dir>/images/<class_dir>/<file>.jpg
+    <bundle_dir>/{train,test}/filenames.pickle                 keys "<class_dir>/<file>"
+    <bundle_dir>/{train,test}/class_info.pickle                one class id per key
+    <bundle_dir>/{train,test}/char-CNN-RNN-embeddings.pickle   (N, 10, 1024) float
+    <bundle_dir>/text_c10/<class_dir>/<file>.txt               10 captions (optional)
+
+Fatal problems (duplicate keys, count or shape mismatches, non-finite embeddings,
+malformed lines) raise :class:`DataValidationError` naming the file and the line or
+index. Per-image problems that ``on_bad_image: skip`` may tolerate (missing image
+file, missing bbox) are returned as :class:`Problem` records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from stackgan.data.pickles import LazyArray, load_pickle
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "test")
+NUM_CAPTIONS = 10
+TEXT_DIM = 1024
+PAPER_COUNTS = {"train": 8855, "test": 2933}
+EMBEDDINGS_FILE = "char-CNN-RNN-embeddings.pickle"
+# Payloads of at least this many bytes stay on disk (LazyArray) while validating.
+LAZY_MIN_BYTES = 4096
+MAX_REPORTED = 25
+
+
+class DataValidationError(ValueError):
+    """The input data is inconsistent; the message lists each problem with its location."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        shown = self.problems[:MAX_REPORTED]
+        more = len(self.problems) - len(shown)
+        text = "\n  ".join(shown) + (f"\n  ... and {more} more" if more > 0 else "")
+        super().__init__(f"{len(self.problems)} data problem(s):\n  {text}")
+
+
+@dataclass(frozen=True)
+class DataPaths:
+    """Where the raw data lives."""
+
+    cub_dir: Path  # the CUB_200_2011 directory
+    bundle_dir: Path  # the birds bundle: train/, test/, text_c10/
+
+    @classmethod
+    def from_root(cls, root: str | Path) -> DataPaths:
+        """StackGAN's layout: ``<root>/CUB_200_2011`` next to ``<root>/{train,test,text_c10}``."""
+        root = Path(root)
+        return cls(cub_dir=root / "CUB_200_2011", bundle_dir=root)
+
+    def split_file(self, split: str, name: str) -> Path:
+        return self.bundle_dir / split / name
+
+    @property
+    def captions_dir(self) -> Path:
+        return self.bundle_dir / "text_c10"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A per-image problem that the ``skip`` policy may tolerate."""
+
+    index: int
+    key: str
+    kind: str  # "missing_image" | "missing_bbox" | "bad_image"
+    detail: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {"index": self.index, "key": self.key, "reason": self.kind, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a split, in ``filenames.pickle`` order."""
+
+    index: int
+    key: str  # "<class_dir>/<file>" without extension
+    image_id: int | None
+    image_path: Path
+    bbox: tuple[float, float, float, float] | None
+    class_id: int
+    captions: tuple[str, ...] | None
+
+
+class EmbeddingStore:
+    """Row access to the embeddings pickle: ndarray, LazyArray or a list of either."""
+
+    def __init__(self, source: object, path: Path) -> None:
+        self.path = path
+        self._source = source
+
+    def __len__(self) -> int:
+        return len(self._source)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        row = self._source[index]  # type: ignore[index]
+        return np.asarray(row, dtype=np.float32)
+
+    def check(
+        self, expected_rows: int, text_dim: int = TEXT_DIM, num_captions: int = NUM_CAPTIONS
+    ) -> list[str]:
+        """Return problems: row count, per-row shape and finiteness."""
+        src = self._source
+        name = f"{self.path}"
+        if not isinstance(src, list | np.ndarray | LazyArray):
+            return [f"{name}: expected an array or a list of arrays, got {type(src).__name__}"]
+        problems: list[str] = []
+        if len(src) != expected_rows:
+            problems.append(
+                f"{name}: has {len(src)} embedding rows, expected {expected_rows} (one per entry of filenames.pickle)"
+            )
+        shape = (num_captions, text_dim)
+        if isinstance(src, np.ndarray | LazyArray) and tuple(src.shape[1:]) != shape:
+            return [
+                *problems,
+                f"{name}: array shape {tuple(src.shape)}, expected (N, {num_captions}, {text_dim})",
+            ]
+        for i in range(len(src)):
+            row = src[i]
+            if not isinstance(row, np.ndarray | LazyArray):
+                problems.append(f"{name}[{i}]: expected an array, got {type(row).__name__}")
+                continue
+            if tuple(row.shape) != shape:
+                problems.append(f"{name}[{i}]: shape {tuple(row.shape)}, expected {shape}")
+                continue
+            if not np.isfinite(np.asarray(row)).all():
+                problems.append(f"{name}[{i}]: contains NaN or infinite values")
+        return problems
+
+
+@dataclass
+class SplitData:
+    """A validated split: samples in pickle order, their embeddings and tolerated problems."""
+
+    split: str
+    samples: list[Sample]
+    embeddings: EmbeddingStore
+    problems: list[Problem] = field(default_factory=list)
+    input_files: dict[str, Path] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def has_captions(self) -> bool:
+        return any(s.captions is not None for s in self.samples)
+
+
+# --------------------------------------------------------------------------- CUB text files
+
+
+def _read_lines(path: Path) -> list[str]:
+    if not path.is_file():
+        raise DataValidationError([f"{path}: file not found"])
+    return path.read_text(encoding="utf-8", errors="replace").splitlines()
+
+
+def read_images_txt(cub_dir: Path) -> dict[str, tuple[int, str]]:
+    """Map key ("<class_dir>/<file>" without .jpg) -> (image_id, relative path)."""
+    path = cub_dir / "images.txt"
+    out: dict[str, tuple[int, str]] = {}
+    seen_ids: dict[int, int] = {}
+    problems: list[str] = []
+    for lineno, line in enumerate(_read_lines(path), start=1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not parts[0].isdigit() or "/" not in parts[1]:
+            problems.append(
+                f"{path}:{lineno}: expected '<image_id> <class_dir>/<file>.jpg', got {line!r}"
+            )
+            continue
+        image_id, rel = int(parts[0]), parts[1]
+        key = rel.rsplit(".", 1)[0]
+        if image_id in seen_ids:
+            problems.append(
+                f"{path}:{lineno}: duplicate image id {image_id} (first on line {seen_ids[image_id]})"
+            )
+        elif key in out:
+            problems.append(f"{path}:{lineno}: duplicate image path {rel!r}")
+        seen_ids.setdefault(image_id, lineno)
+        out.setdefault(key, (image_id, rel))
+    if problems:
+        raise DataValidationError(problems)
+    return out
+
+
+def read_bounding_boxes(cub_dir: Path) -> dict[int, tuple[float, float, float, float]]:
+    """Map image_id -> (x, y, w, h) as floats."""
+    path = cub_dir / "bounding_boxes.txt"
+    out: dict[int, tuple[float, float, float, float]] = {}
+    problems: list[str] = []
+    for lineno, line in enumerate(_read_lines(path), start=1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        try:
+            if len(parts) != 5:
+                raise ValueError
+            image_id = int(parts[0])
+            x, y, w, h = (float(v) for v in parts[1:])
+        except ValueError:
+            problems.append(
+                f"{path}:{lineno}: expected '<image_id> <x> <y> <w> <h>' (numbers), got {line!r}"
+            )
+            continue
+        if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0 or x < 0 or y < 0:
+            problems.append(
+                f"{path}:{lineno}: expected finite x, y >= 0 and w, h > 0, got {line!r}"
+            )
+            continue
+        if image_id in out:
+            problems.append(f"{path}:{lineno}: duplicate bounding box for image id {image_id}")
+            continue
+        out[image_id] = (x, y, w, h)
+    if problems:
+        raise DataValidationError(problems)
+    return out
+
+
+def read_captions(path: Path, num_captions: int = NUM_CAPTIONS) -> tuple[str, ...]:
+    """Read one caption file; raise if it does not hold exactly ``num_captions`` captions."""
+    text = path.read_bytes().decode("utf-8", errors="replace").replace("\ufffd\ufffd", " ")
+    captions = tuple(line.strip() for line in text.splitlines() if line.strip())
+    if len(captions) != num_captions:
+        raise DataValidationError(
+            [f"{path}: {len(captions)} captions, expected {num_captions} (one per line)"]
+        )
+    return captions
+
+
+# --------------------------------------------------------------------------- bundle
+
+
+def _load_list(path: Path, what: str) -> list:
+    if not path.is_file():
+        raise DataValidationError([f"{path}: file not found ({what})"])
+    obj = load_pickle(path, lazy_min_bytes=LAZY_MIN_BYTES)
+    if isinstance(obj, np.ndarray):
+        obj = obj.tolist()
+    if not isinstance(obj, list | tuple):
+        raise DataValidationError([f"{path}: expected a list ({what}), got {type(obj).__name__}"])
+    return list(obj)
+
+
+def read_split(
+    paths: DataPaths,
+    split: str,
+    *,
+    images: dict[str, tuple[int, str]] | None = None,
+    bboxes: dict[int, tuple[float, float, float, float]] | None = None,
+    text_dim: int = TEXT_DIM,
+    num_captions: int = NUM_CAPTIONS,
+) -> SplitData:
+    """Read and validate one split of the bundle against the CUB files.
+
+    Raises:
+        DataValidationError: on any fatal inconsistency (the message lists them all).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    images = read_images_txt(paths.cub_dir) if images is None else images
+    bboxes = read_bounding_boxes(paths.cub_dir) if bboxes is None else bboxes
+    fn_path = paths.split_file(split, "filenames.pickle")
+    ci_path = paths.split_file(split, "class_info.pickle")
+    emb_path = paths.split_file(split, EMBEDDINGS_FILE)
+    keys = _load_list(fn_path, "one key per image")
+    class_ids = _load_list(ci_path, "one class id per image")
+    if not emb_path.is_file():
+        raise DataValidationError([f"{emb_path}: file not found (text embeddings)"])
+    embeddings = EmbeddingStore(load_pickle(emb_path, lazy_min_bytes=LAZY_MIN_BYTES), emb_path)
+
+    fatal: list[str] = []
+    tolerated: list[Problem] = []
+    warnings: list[str] = []
+    if len(class_ids) != len(keys):
+        fatal.append(
+            f"{ci_path}: has {len(class_ids)} class ids, expected {len(keys)} (one per entry of {fn_path.name})"
+        )
+    fatal += embeddings.check(len(keys), text_dim, num_captions)
+
+    first_seen: dict[str, int] = {}
+    samples: list[Sample] = []
+    captions_dir = paths.captions_dir
+    for i, key in enumerate(keys):
+        if not isinstance(key, str) or not key:
+            fatal.append(f"{fn_path}[{i}]: expected a non-empty key string, got {key!r}")
+            continue
+        if key in first_seen:
+            fatal.append(
+                f"{fn_path}[{i}]: duplicate key {key!r} (first at index {first_seen[key]})"
+            )
+            continue
+        first_seen[key] = i
+        class_id = class_ids[i] if i < len(class_ids) else None
+        if not isinstance(class_id, int | np.integer) or isinstance(class_id, bool):
+            if i < len(class_ids):
+                fatal.append(f"{ci_path}[{i}]: expected an integer class id, got {class_id!r}")
+            continue
+        class_dir = key.split("/", 1)[0]
+        prefix = class_dir.split(".", 1)[0]
+        if prefix.isdigit() and int(prefix) != int(class_id):
+            warnings.append(
+                f"{ci_path}[{i}]: class id {class_id} but key {key!r} is in class directory {class_dir}"
+            )
+        image_id, rel = images.get(key, (None, f"{key}.jpg"))
+        image_path = paths.cub_dir / "images" / rel
+        bbox = bboxes.get(image_id) if image_id is not None else None
+        if image_id is None:
+            tolerated.append(
+                Problem(
+                    i,
+                    key,
+                    "missing_image",
+                    f"{fn_path}[{i}]: key {key!r} has no line in images.txt",
+                )
+            )
+        elif not image_path.is_file():
+            tolerated.append(
+                Problem(
+                    i, key, "missing_image", f"{image_path}: image file not found ({fn_path}[{i}])"
+                )
+            )
+        elif bbox is None:
+            tolerated.append(
+                Problem(
+                    i,
+                    key,
+                    "missing_bbox",
+                    f"bounding_boxes.txt: no box for image id {image_id} ({key!r})",
+                )
+            )
+        captions = None
+        cap_path = captions_dir / f"{key}.txt"
+        if cap_path.is_file():
+            try:
+                captions = read_captions(cap_path, num_captions)
+            except DataValidationError as err:
+                fatal += err.problems
+        samples.append(Sample(i, key, image_id, image_path, bbox, int(class_id), captions))
+
+    if fatal:
+        raise DataValidationError(fatal)
+    n_caps = sum(s.captions is not None for s in samples)
+    if captions_dir.is_dir() and n_caps < len(samples):
+        warnings.append(
+            f"{captions_dir}: {len(samples) - n_caps} of {len(samples)} {split} images have no caption file"
+        )
+    if len(samples) != PAPER_COUNTS[split]:
+        warnings.append(
+            f"{split}: {len(samples)} images; the paper's CUB split has {PAPER_COUNTS[split]} (fine for the synthetic twin)"
+        )
+    files = {
+        "images.txt": paths.cub_dir / "images.txt",
+        "bounding_boxes.txt": paths.cub_dir / "bounding_boxes.txt",
+        f"{split}/filenames.pickle": fn_path,
+        f"{split}/class_info.pickle": ci_path,
+        f"{split}/{EMBEDDINGS_FILE}": emb_path,
+    }
+    return SplitData(split, samples, embeddings, tolerated, files, warnings)
+
+
+def read_dataset(paths: DataPaths, splits: Sequence[str] = SPLITS) -> dict[str, SplitData]:
+    """Read and validate several splits; also checks that their classes are disjoint."""
+    images = read_images_txt(paths.cub_dir)
+    bboxes = read_bounding_boxes(paths.cub_dir)
+    data = {s: read_split(paths, s, images=images, bboxes=bboxes) for s in splits}
+    if len(data) == 2:
+        shared = {x.class_id for x in data["train"].samples} & {
+            x.class_id for x in data["test"].samples
+        }
+        if shared:
+            data["test"].warnings.append(
+                f"train and test share {len(shared)} class ids (expected class-disjoint)"
+            )
+    return data
+
+
+def summarize(data: dict[str, SplitData]) -> dict[str, object]:
+    """JSON-friendly summary of a validated dataset."""
+    out: dict[str, object] = {}
+    for split, d in data.items():
+        out[split] = {
+            "images": len(d.samples),
+            "classes": len({s.class_id for s in d.samples}),
+            "with_captions": sum(s.captions is not None for s in d.samples),
+            "problems": [p.as_dict() for p in d.problems],
+            "warnings": d.warnings,
+        }
+    return out
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_path_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--root`` or ``--cub-dir``/``--bundle-dir`` (shared by data commands)."""
+    parser.add_argument(
+        "--root",
+        type=Path,
+        help="StackGAN data root holding CUB_200_2011/, train/, test/, text_c10/",
+    )
+    parser.add_argument(
+        "--cub-dir", type=Path, help="CUB_200_2011 directory (default: <root>/CUB_200_2011)"
+    )
+    parser.add_argument("--bundle-dir", type=Path, help="birds bundle directory (default: <root>)")
+
+
+def paths_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> DataPaths:
+    """Resolve :class:`DataPaths` from parsed CLI arguments."""
+    if args.root is None and (args.cub_dir is None or args.bundle_dir is None):
+        parser.error("give --root, or both --cub-dir and --bundle-dir")
+    base = DataPaths.from_root(args.root) if args.root is not None else None
+    return DataPaths(
+        cub_dir=args.cub_dir or base.cub_dir,  # type: ignore[union-attr]
+        bundle_dir=args.bundle_dir or base.bundle_dir,  # type: ignore[union-attr]
+    )
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """``stackgan validate-data``: check the raw data and print/write a summary."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Validate CUB-200-2011 + the StackGAN birds bundle (or the synthetic twin): every key has an "
+        "image and a bbox, counts agree, embeddings are (10, 1024) and finite, caption files hold 10 lines.",
+    )
+    add_path_arguments(parser)
+    parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
+    parser.add_argument(
+        "--on-bad-image",
+        choices=("error", "skip"),
+        default="error",
+        help="error (default): a missing image or bbox is fatal; skip: report and continue",
+    )
+    parser.add_argument("--report", type=Path, help="write the summary as JSON here (atomically)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    paths = paths_from_args(args, parser)
+    try:
+        data = read_dataset(paths, args.splits)
+        problems = [p.detail for d in data.values() for p in d.problems]
+        if problems and args.on_bad_image == "error":
+            raise DataValidationError([*problems, "(use --on-bad-image skip to skip these images)"])
+    except DataValidationError as err:
+        print(f"validate-data: {err}", file=sys.stderr)
+        return 1
+    summary = {
+        "cub_dir": str(paths.cub_dir),
+        "bundle_dir": str(paths.bundle_dir),
+        "splits": summarize(data),
+    }
+    for split, d in data.items():
+        for w in d.warnings:
+            log.warning("%s", w)
+        log.info(
+            "%s: %d images, %d classes, %d skipped",
+            split,
+            len(d.samples),
+            len({s.class_id for s in d.samples}),
+            len(d.problems),
+        )
+    if args.report:
+        from stackgan.fileio import write_json
+
+        write_json(args.report, summary)
+    else:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

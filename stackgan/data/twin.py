@@ -1,0 +1,532 @@
+"""Synthetic CUB twin: the real on-disk layout, byte formats included, with learnable content.
+
+Every image shows a simple bird whose body colour, wing colour and size are stated,
+in varied wording, in its 10 captions. Embeddings are a fixed, deterministic function
+of the caption text (bag of hashed word vectors plus hashed colour-part bindings) plus
+small seeded noise, so a model trained on the twin can learn something conditional and
+:mod:`stackgan.metrics.conditional` can measure it.
+
+Written exactly like the real data: Python-2 protocol-2 pickles that need latin1,
+float ``x y w h`` boxes, JPEGs of varying size (some grayscale, some CMYK), boxes that
+touch the image border, and ``text_c10`` caption files. The output depends only on the
+arguments (same seed -> identical bytes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from stackgan.data.pickles import dump_py2_pickle
+from stackgan.fileio import atomic_open, write_json
+
+log = logging.getLogger(__name__)
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (205, 30, 35),
+    "blue": (35, 70, 215),
+    "green": (35, 165, 55),
+    "yellow": (240, 215, 35),
+    "black": (22, 22, 22),
+    "white": (240, 240, 240),
+    "orange": (245, 125, 15),
+    "purple": (125, 35, 165),
+    "brown": (120, 70, 30),
+    "grey": (128, 128, 128),
+}
+COLOUR_NAMES = tuple(COLOURS)
+SIZES = ("small", "medium", "large")
+SIZE_SCALE = {"small": 0.55, "medium": 0.75, "large": 0.95}  # bird size relative to the canvas
+BODY_WORDS = ("body", "belly", "breast", "chest", "bird", "crown")
+WING_WORDS = ("wings", "wing", "wingbars", "secondaries", "coverts", "feathers")
+_FILLER = {"coloured", "colored", "and", "tinted"}
+TEXT_DIM = 1024
+NUM_CAPTIONS = 10
+
+_TEMPLATES = (
+    "this {size} bird has a {body} body and {wing} wings.",
+    "a {size} bird with {wing} wings and a {body} belly.",
+    "this bird has a {body} breast and {wing} wing feathers.",
+    "a {body} bird with {wing} wings and a short pointed beak.",
+    "the bird is {size}, with {wing} secondaries and a {body} chest.",
+    "{wing} wings cover this {size} bird's {body} body.",
+    "this is a {size} {body} bird with {wing} coloured wings.",
+    "a bird with a {body} crown, a {body} belly and {wing} wingbars.",
+    "this {body} bird has {wing} coverts and a small beak.",
+    "the {size} bird shows {wing} wings over a {body} body.",
+    "a {body} chested bird with {wing} wings.",
+    "this bird has {wing} wings, a {body} breast and dark eyes.",
+)
+
+
+@dataclass(frozen=True)
+class TwinClass:
+    """One synthetic species: fixed body colour, wing colour and size."""
+
+    class_id: int  # 1-based, like CUB
+    body: str
+    wing: str
+    size: str
+
+    @property
+    def dirname(self) -> str:
+        return (
+            f"{self.class_id:03d}.Twin_{self.body.title()}_{self.wing.title()}_{self.size.title()}"
+        )
+
+    @property
+    def stem(self) -> str:
+        return f"Twin_{self.body.title()}_{self.wing.title()}_{self.size.title()}"
+
+
+@dataclass(frozen=True)
+class TwinSpec:
+    """Arguments that fully determine a twin."""
+
+    num_classes: int = 20
+    images_per_class: int = 12
+    seed: int = 0
+    min_side: int = 240
+    max_side: int = 500
+    grayscale_frac: float = 0.02
+    cmyk_frac: float = 0.02
+    border_frac: float = 0.1
+    jpeg_quality: int = 90
+    noise: float = 0.02  # std of the per-caption embedding noise
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.num_classes <= len(COLOUR_NAMES) * (len(COLOUR_NAMES) - 1) * len(SIZES):
+            raise ValueError(f"num_classes must be in [2, 270], got {self.num_classes}")
+        if self.images_per_class < 1:
+            raise ValueError(f"images_per_class must be >= 1, got {self.images_per_class}")
+        if not 32 <= self.min_side <= self.max_side:
+            raise ValueError(
+                f"need 32 <= min_side <= max_side, got {self.min_side}, {self.max_side}"
+            )
+        for key in ("grayscale_frac", "cmyk_frac", "border_frac"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"{key} must be in [0, 1], got {getattr(self, key)}")
+
+
+def make_classes(spec: TwinSpec) -> list[TwinClass]:
+    """Deterministically pick ``num_classes`` distinct (body, wing, size) combinations.
+
+    Colours are spread so that every colour occurs as body and as wing colour in both
+    splits whenever the class count allows it.
+    """
+    combos = [(b, w, s) for b, w in itertools.permutations(COLOUR_NAMES, 2) for s in SIZES]
+    rng = np.random.default_rng([spec.seed, 7])
+    order = rng.permutation(len(combos))
+    picked: list[tuple[str, str, str]] = []
+    # First pass: cover every body colour and every wing colour early.
+    for i in order:
+        b, w, _size = combos[i]
+        if len(picked) >= spec.num_classes:
+            break
+        if b not in {p[0] for p in picked} or w not in {p[1] for p in picked}:
+            picked.append(combos[i])
+    for i in order:
+        if len(picked) >= spec.num_classes:
+            break
+        if combos[i] not in picked:
+            picked.append(combos[i])
+    return [TwinClass(k + 1, *combo) for k, combo in enumerate(picked)]
+
+
+def split_of(twin_class: TwinClass) -> str:
+    """Class-disjoint split, 3:1 like CUB's 150/50: every 4th class is a test class."""
+    return "test" if twin_class.class_id % 4 == 0 else "train"
+
+
+# --------------------------------------------------------------------------- captions & embeddings
+
+
+def make_captions(twin_class: TwinClass, rng: np.random.Generator) -> tuple[str, ...]:
+    """10 captions in varied wording that all state the class's attributes."""
+    picks = rng.choice(len(_TEMPLATES), size=NUM_CAPTIONS, replace=len(_TEMPLATES) < NUM_CAPTIONS)
+    c = twin_class
+    return tuple(_TEMPLATES[int(i)].format(body=c.body, wing=c.wing, size=c.size) for i in picks)
+
+
+def _tokens(text: str) -> list[str]:
+    return re.findall(r"[a-z]+", text.lower())
+
+
+def parse_caption_attributes(caption: str) -> dict[str, str]:
+    """Recover ``{"body": colour, "wing": colour}`` from a twin caption.
+
+    A colour binds to the first body or wing word that follows it (skipping fillers such
+    as "coloured"); "bird" counts as body. Missing attributes are absent from the dict.
+    """
+    tokens = _tokens(caption)
+    out: dict[str, str] = {}
+    for i, tok in enumerate(tokens):
+        if tok not in COLOURS:
+            continue
+        for nxt in tokens[i + 1 : i + 4]:
+            if nxt in _FILLER or nxt in SIZES:
+                continue
+            part = next(
+                (p for p in ("body", "wing") if any(nxt.startswith(w) for w in _part_words(p))),
+                None,
+            )
+            if part is not None:
+                out.setdefault(part, tok)
+            break
+    return out
+
+
+def _part_words(part: str) -> tuple[str, ...]:
+    return BODY_WORDS if part == "body" else WING_WORDS
+
+
+def _hashed_vector(label: str, dim: int) -> np.ndarray:
+    seed = int.from_bytes(hashlib.sha256(label.encode("utf-8")).digest()[:8], "little")
+    return np.random.default_rng(seed).standard_normal(dim).astype(np.float64) / np.sqrt(dim)
+
+
+def embed_caption(caption: str, dim: int = TEXT_DIM) -> np.ndarray:
+    """Deterministic text embedding: hashed bag of words + hashed (part, colour) bindings."""
+    tokens = _tokens(caption)
+    bag = sum((_hashed_vector(f"word:{t}", dim) for t in tokens), np.zeros(dim))
+    bag /= max(1.0, np.sqrt(len(tokens)))
+    attrs = parse_caption_attributes(caption)
+    binding = sum(
+        (_hashed_vector(f"attr:{p}:{c}", dim) for p, c in sorted(attrs.items())), np.zeros(dim)
+    )
+    size = next((t for t in tokens if t in SIZES), None)
+    if size is not None:
+        binding += 0.5 * _hashed_vector(f"size:{size}", dim)
+    return (0.5 * bag + 2.0 * binding) * np.sqrt(dim) / 8.0
+
+
+# --------------------------------------------------------------------------- drawing
+
+
+@dataclass(frozen=True)
+class _ImageJob:
+    image_id: int
+    twin_class: TwinClass
+    rel_path: str
+    seed: int
+    spec: TwinSpec
+    out_dir: str
+
+
+def _shade(rgb: tuple[int, int, int], factor: float) -> tuple[int, int, int]:
+    return tuple(int(max(0, min(255, v * factor))) for v in rgb)  # type: ignore[return-value]
+
+
+def _draw_bird(job: _ImageJob) -> tuple[Image.Image, tuple[float, float, float, float]]:
+    rng = np.random.default_rng([job.spec.seed, job.seed, job.image_id])
+    spec, c = job.spec, job.twin_class
+    aspect = rng.uniform(0.75, 1.33)
+    width = int(rng.integers(spec.min_side, spec.max_side + 1))
+    height = int(np.clip(round(width / aspect), spec.min_side, spec.max_side))
+    # Background: a vertical two-colour gradient with blurred "foliage" blobs and noise.
+    top, bottom = rng.integers(40, 200, size=3), rng.integers(30, 170, size=3)
+    t = np.linspace(0.0, 1.0, height)[:, None, None]
+    bg = (1 - t) * top[None, None, :] + t * bottom[None, None, :]
+    bg = np.broadcast_to(bg, (height, width, 3)).copy()
+    canvas = Image.fromarray(bg.astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(canvas)
+    for _ in range(int(rng.integers(3, 8))):
+        cx, cy, r = (
+            rng.integers(0, width),
+            rng.integers(0, height),
+            rng.integers(10, max(11, width // 5)),
+        )
+        col = tuple(int(v) for v in rng.integers(20, 140, size=3))
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=col)
+    canvas = canvas.filter(ImageFilter.GaussianBlur(radius=4))
+    draw = ImageDraw.Draw(canvas)
+
+    # Bird geometry in a local frame (body length L), then placed on the canvas.
+    scale = SIZE_SCALE[c.size] * rng.uniform(0.85, 1.1)
+    length = scale * min(width, height) * 0.75
+    ratio = rng.uniform(0.55, 0.7)
+    facing = 1 if rng.random() < 0.5 else -1
+    # Extents of the bird around its body centre, as multiples of the body length.
+    k_head, k_tail = 0.5 + 0.35 * ratio * 1.6, 0.5 + 0.35
+    k_up, k_down = ratio * (0.5 + 0.35 * 0.9), ratio * 0.75
+    length = min(length, 0.9 * width / (k_head + k_tail), 0.9 * height / (k_up + k_down))
+    bw, bh = length, length * ratio
+    head_r = bh * 0.35
+    ext_left = bw * (k_head if facing < 0 else k_tail)
+    ext_right = bw * (k_head if facing > 0 else k_tail)
+    ext_up, ext_down = bw * k_up, bw * k_down
+    if rng.random() < spec.border_frac:  # touch (or cross) an image border
+        side = int(rng.integers(0, 4))
+        cx = (
+            ext_left
+            if side == 0
+            else width - ext_right
+            if side == 1
+            else rng.uniform(ext_left, width - ext_right)
+        )
+        cy = (
+            ext_up
+            if side == 2
+            else height - ext_down
+            if side == 3
+            else rng.uniform(ext_up, height - ext_down)
+        )
+        cx += (-1 if side == 0 else 1 if side == 1 else 0) * rng.uniform(0, bw * 0.2)
+        cy += (-1 if side == 2 else 1 if side == 3 else 0) * rng.uniform(0, bh * 0.2)
+    else:
+        cx = rng.uniform(ext_left, max(ext_left + 1, width - ext_right))
+        cy = rng.uniform(ext_up, max(ext_up + 1, height - ext_down))
+
+    body, wing = COLOURS[c.body], COLOURS[c.wing]
+    body = tuple(int(np.clip(v + rng.normal(0, 6), 0, 255)) for v in body)
+    wing = tuple(int(np.clip(v + rng.normal(0, 6), 0, 255)) for v in wing)
+    # tail (wing colour), behind the body
+    tail_x = cx - facing * bw / 2
+    draw.polygon(
+        [
+            (tail_x, cy - bh * 0.1),
+            (tail_x - facing * bw * 0.35, cy - bh * 0.25),
+            (tail_x - facing * bw * 0.35, cy + bh * 0.25),
+        ],
+        fill=wing,
+    )
+    draw.ellipse((cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2), fill=body)
+    # legs
+    for dx in (-0.1, 0.1):
+        lx = cx + dx * bw
+        draw.line(
+            [(lx, cy + bh * 0.4), (lx, cy + bh / 2 + bh * 0.25)],
+            fill=(60, 50, 40),
+            width=max(1, int(bh * 0.04)),
+        )
+    # wing on top of the body
+    wx = cx - facing * bw * 0.08
+    draw.ellipse((wx - bw * 0.33, cy - bh * 0.28, wx + bw * 0.33, cy + bh * 0.22), fill=wing)
+    # head, eye, beak
+    hx, hy = cx + facing * (bw / 2 + head_r * 0.2), cy - bh / 2 + head_r * 0.1
+    draw.ellipse((hx - head_r, hy - head_r, hx + head_r, hy + head_r), fill=_shade(body, 0.92))
+    ex = hx + facing * head_r * 0.35
+    er = max(1.0, head_r * 0.15)
+    draw.ellipse(
+        (ex - er, hy - head_r * 0.2 - er, ex + er, hy - head_r * 0.2 + er), fill=(10, 10, 10)
+    )
+    bx = hx + facing * head_r * 0.9
+    draw.polygon(
+        [(bx, hy - head_r * 0.2), (bx + facing * head_r * 0.7, hy), (bx, hy + head_r * 0.2)],
+        fill=(70, 60, 20),
+    )
+
+    x0, x1 = max(0.0, cx - ext_left), min(float(width), cx + ext_right)
+    y0, y1 = max(0.0, cy - ext_up), min(float(height), cy + ext_down)
+    arr = np.asarray(canvas).astype(np.int16)
+    arr += rng.normal(0, 5, size=arr.shape).astype(np.int16)
+    canvas = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+    # CUB boxes are whole pixels written as floats; keep a fractional part sometimes.
+    frac = 0.5 if rng.random() < 0.3 else 0.0
+    bbox = (float(int(x0)), float(int(y0)), float(int(x1 - x0)) + frac, float(int(y1 - y0)))
+    bbox = (bbox[0], bbox[1], min(bbox[2], width - bbox[0]), min(bbox[3], height - bbox[1]))
+    return canvas, bbox
+
+
+def _render(job: _ImageJob) -> tuple[int, tuple[float, float, float, float], str]:
+    """Draw, colour-convert and save one JPEG; return (image_id, bbox, mode)."""
+    image, bbox = _draw_bird(job)
+    rng = np.random.default_rng([job.spec.seed, job.image_id, 99])
+    u = rng.random()
+    mode = "RGB"
+    if u < job.spec.grayscale_frac:
+        image, mode = image.convert("L"), "L"
+    elif u < job.spec.grayscale_frac + job.spec.cmyk_frac:
+        image, mode = image.convert("CMYK"), "CMYK"
+    path = Path(job.out_dir) / job.rel_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, "wb") as fh:
+        image.save(fh, format="JPEG", quality=job.spec.jpeg_quality)
+    return job.image_id, bbox, mode
+
+
+# --------------------------------------------------------------------------- writer
+
+
+def _plan(spec: TwinSpec) -> list[tuple[TwinClass, int, int, str]]:
+    """(class, image_id, index within class, key) for every image, in CUB id order."""
+    items = []
+    image_id = 1
+    for c in make_classes(spec):
+        for n in range(spec.images_per_class):
+            key = f"{c.dirname}/{c.stem}_{n + 1:04d}_{image_id}"
+            items.append((c, image_id, n, key))
+            image_id += 1
+    return items
+
+
+def write_twin(
+    spec: TwinSpec, out_dir: str | Path, *, workers: int = 1, progress: bool = True
+) -> dict:
+    """Write a complete twin under ``out_dir`` (same layout as the real StackGAN data root).
+
+    Returns a summary dict (also written to ``<out_dir>/twin.json`` as the completion marker).
+    """
+    out = Path(out_dir)
+    marker = out / "twin.json"
+    if marker.exists():
+        marker.unlink()  # an interrupted rewrite must not look complete
+    cub = out / "CUB_200_2011"
+    items = _plan(spec)
+    jobs = [
+        _ImageJob(iid, c, f"{key}.jpg", n, spec, str(cub / "images")) for c, iid, n, key in items
+    ]
+    start = time.perf_counter()
+    results: dict[int, tuple[tuple[float, float, float, float], str]] = {}
+    iterator: Iterable[tuple[int, tuple[float, float, float, float], str]]
+    if workers > 1:
+        pool = ProcessPoolExecutor(max_workers=workers)
+        iterator = pool.map(_render, jobs, chunksize=16)
+    else:
+        pool = None
+        iterator = map(_render, jobs)
+    try:
+        from tqdm import tqdm
+
+        for image_id, bbox, mode in tqdm(
+            iterator, total=len(jobs), desc="twin images", disable=not progress, file=sys.stderr
+        ):
+            results[image_id] = (bbox, mode)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+    with atomic_open(cub / "images.txt", "w", encoding="utf-8", newline="\n") as fh:
+        fh.writelines(f"{iid} {key}.jpg\n" for _, iid, _, key in items)
+    with atomic_open(cub / "bounding_boxes.txt", "w", encoding="utf-8", newline="\n") as fh:
+        fh.writelines(
+            f"{iid} {' '.join(f'{v:.1f}' for v in results[iid][0])}\n" for _, iid, _, _ in items
+        )
+    with atomic_open(cub / "image_class_labels.txt", "w", encoding="utf-8", newline="\n") as fh:
+        fh.writelines(f"{iid} {c.class_id}\n" for c, iid, _, _ in items)
+    with atomic_open(cub / "classes.txt", "w", encoding="utf-8", newline="\n") as fh:
+        fh.writelines(f"{c.class_id} {c.dirname}\n" for c in make_classes(spec))
+    with atomic_open(cub / "train_test_split.txt", "w", encoding="utf-8", newline="\n") as fh:
+        fh.writelines(f"{iid} {int(split_of(c) == 'train')}\n" for c, iid, _, _ in items)
+
+    attributes: dict[str, dict[str, str]] = {}
+    for split in ("train", "test"):
+        rows = [it for it in items if split_of(it[0]) == split]
+        keys, class_ids, embeddings = [], [], []
+        for c, iid, _, key in rows:
+            rng = np.random.default_rng([spec.seed, iid, 1])
+            captions = make_captions(c, rng)
+            cap_path = out / "text_c10" / f"{key}.txt"
+            cap_path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_open(cap_path, "w", encoding="utf-8", newline="\n") as fh:
+                fh.write("\n".join(captions) + "\n")
+            emb = np.stack([embed_caption(cap) for cap in captions])
+            emb += rng.normal(0.0, spec.noise, size=emb.shape)
+            keys.append(key)
+            class_ids.append(c.class_id)
+            embeddings.append(emb.astype(np.float32))
+            attributes[key] = {"body": c.body, "wing": c.wing, "size": c.size, "split": split}
+        (out / split).mkdir(parents=True, exist_ok=True)
+        dump_py2_pickle(keys, out / split / "filenames.pickle")
+        dump_py2_pickle(class_ids, out / split / "class_info.pickle")
+        dump_py2_pickle(embeddings, out / split / "char-CNN-RNN-embeddings.pickle")
+
+    write_json(out / "twin_attributes.json", attributes)
+    modes = [m for _, m in results.values()]
+    summary = {
+        "spec": asdict(spec),
+        "images": len(items),
+        "classes": {c.dirname: split_of(c) for c in make_classes(spec)},
+        "splits": {s: sum(split_of(c) == s for c, *_ in items) for s in ("train", "test")},
+        "modes": {m: modes.count(m) for m in sorted(set(modes))},
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    write_json(marker, {k: v for k, v in summary.items() if k != "seconds"})
+    return summary
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """``stackgan make-twin``: write a synthetic CUB twin."""
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Write a synthetic CUB-200-2011 + birds-bundle twin (same layout and byte formats) "
+        "whose captions state body colour, wing colour and size of the drawn bird.",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output data root (CUB_200_2011/, train/, test/, text_c10/)",
+    )
+    p.add_argument(
+        "--classes",
+        type=int,
+        default=TwinSpec.num_classes,
+        help="number of classes (3:1 train/test)",
+    )
+    p.add_argument("--images-per-class", type=int, default=TwinSpec.images_per_class)
+    p.add_argument("--seed", type=int, default=TwinSpec.seed)
+    p.add_argument(
+        "--min-side", type=int, default=TwinSpec.min_side, help="smallest image side in pixels"
+    )
+    p.add_argument(
+        "--max-side", type=int, default=TwinSpec.max_side, help="largest image side in pixels"
+    )
+    p.add_argument("--grayscale-frac", type=float, default=TwinSpec.grayscale_frac)
+    p.add_argument("--cmyk-frac", type=float, default=TwinSpec.cmyk_frac)
+    p.add_argument(
+        "--border-frac",
+        type=float,
+        default=TwinSpec.border_frac,
+        help="share of boxes touching a border",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="processes used to draw images",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        spec = TwinSpec(
+            num_classes=args.classes,
+            images_per_class=args.images_per_class,
+            seed=args.seed,
+            min_side=args.min_side,
+            max_side=args.max_side,
+            grayscale_frac=args.grayscale_frac,
+            cmyk_frac=args.cmyk_frac,
+            border_frac=args.border_frac,
+        )
+    except ValueError as err:
+        p.error(str(err))
+    summary = write_twin(spec, args.out, workers=args.workers, progress=not args.quiet)
+    log.info(
+        "twin written to %s: %d images (%d train / %d test), modes %s, %.1f s",
+        args.out,
+        summary["images"],
+        summary["splits"]["train"],
+        summary["splits"]["test"],
+        summary["modes"],
+        summary["seconds"],
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,49 @@
+"""Shared fixtures: small synthetic CUB twins and their shards, built once per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_twin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 40-image twin (8 classes: 30 train / 10 test images), read-only by convention."""
+    from stackgan.data.twin import TwinSpec, write_twin
+
+    out = tmp_path_factory.mktemp("twin") / "birds"
+    write_twin(
+        TwinSpec(num_classes=8, images_per_class=5, seed=0, min_side=96, max_side=200),
+        out,
+        progress=False,
+    )
+    return out
+
+
+@pytest.fixture
+def twin_copy(tiny_twin: Path, tmp_path: Path) -> Path:
+    """A private, writable copy of the tiny twin (for corruption tests)."""
+    dst = tmp_path / "birds"
+    shutil.copytree(tiny_twin, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tiny_twin: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Shards + indexes of the tiny twin (both splits)."""
+    from stackgan.data.cub import DataPaths
+    from stackgan.data.shards import ShardOptions, build_shards
+
+    out = tmp_path_factory.mktemp("shards")
+    build_shards(
+        DataPaths.from_root(tiny_twin), out, ShardOptions(workers=1, min_shards=4), progress=False
+    )
+    return out
