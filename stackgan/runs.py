@@ -1,0 +1,285 @@
+"""``stackgan runs``: compare MLflow runs in a table (params × final metrics).
+
+Reads runs through ``MlflowClient.search_runs``; rows are runs, columns are run id
+(short in the table), run name, status, start time, stage tag, the chosen params and
+the chosen metrics (latest value of each). Missing values print as ``-`` in the table,
+as empty cells in CSV and as ``null`` in JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from stackgan.tracking import PARENT_RUN_TAG, STAGE_TAG, configure_mlflow_environment
+
+DEFAULT_URI = "sqlite:///results/mlflow.db"
+MISSING = "-"
+BASE_COLUMNS = ("run_id", "run_name", "status", "start_time", "stage")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One run, reduced to what the table shows."""
+
+    run_id: str
+    run_name: str
+    status: str
+    start_time_ms: int | None
+    stage: str | None
+    parent_run_id: str | None
+    params: dict[str, str]
+    metrics: dict[str, float]
+
+
+def _split(values: Sequence[str] | None) -> list[str]:
+    """``["a,b", "c"]`` -> ``["a", "b", "c"]``."""
+    return [v.strip() for item in values or () for v in item.split(",") if v.strip()]
+
+
+def fetch_rows(
+    client: Any,
+    experiments: list[str],
+    filter_string: str = "",
+    children_of: str | None = None,
+    parents_only: bool = False,
+) -> list[Row]:
+    """All matching runs of the named experiments (all active experiments when empty).
+
+    Raises:
+        ValueError: An experiment name is unknown.
+    """
+    if experiments:
+        ids = []
+        for name in experiments:
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise ValueError(f"unknown experiment {name!r}")
+            ids.append(exp.experiment_id)
+    else:
+        ids = [e.experiment_id for e in client.search_experiments()]
+    clauses = [filter_string] if filter_string else []
+    if children_of:
+        clauses.append(f"tags.{PARENT_RUN_TAG} = '{children_of}'")
+    rows, token = [], None
+    while ids:
+        page = client.search_runs(
+            ids, filter_string=" AND ".join(clauses), max_results=1000, page_token=token
+        )
+        rows.extend(_row(run) for run in page)
+        token = page.token
+        if not token:
+            break
+    return [r for r in rows if not (parents_only and r.parent_run_id)]
+
+
+def _row(run: Any) -> Row:
+    tags = run.data.tags
+    return Row(
+        run_id=run.info.run_id,
+        run_name=run.info.run_name or "",
+        status=run.info.status,
+        start_time_ms=run.info.start_time,
+        stage=tags.get(STAGE_TAG),
+        parent_run_id=tags.get(PARENT_RUN_TAG),
+        params=dict(run.data.params),
+        metrics=dict(run.data.metrics),
+    )
+
+
+def sort_rows(rows: list[Row], key: str | None, descending: bool = False) -> list[Row]:
+    """Sort by ``metrics.X``, ``params.Y``, ``start_time`` or ``run_name``; missing last.
+
+    Params sort numerically when every present value parses as a number.
+
+    Raises:
+        ValueError: ``key`` has an unsupported form.
+    """
+    if not key:
+        return sorted(rows, key=lambda r: r.start_time_ms or 0, reverse=True)
+    if key.startswith("metrics."):
+        name = key.removeprefix("metrics.")
+        values: dict[str, Any] = {r.run_id: r.metrics.get(name) for r in rows}
+    elif key.startswith("params."):
+        name = key.removeprefix("params.")
+        values = {r.run_id: r.params.get(name) for r in rows}
+        present = [v for v in values.values() if v is not None]
+        if present and all(_is_number(v) for v in present):
+            values = {k: None if v is None else float(v) for k, v in values.items()}
+    elif key in ("start_time", "attributes.start_time"):
+        values = {r.run_id: r.start_time_ms for r in rows}
+    elif key in ("run_name", "attributes.run_name"):
+        values = {r.run_id: r.run_name for r in rows}
+    else:
+        raise ValueError(f"--sort expects metrics.X, params.Y, start_time or run_name, got {key!r}")
+    have = sorted((r for r in rows if values[r.run_id] is not None), key=lambda r: values[r.run_id])
+    if descending:
+        have.reverse()
+    return have + [r for r in rows if values[r.run_id] is None]
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def default_metrics(rows: list[Row]) -> list[str]:
+    """Every metric on the rows, sorted, without mlflow's ``system/`` metrics."""
+    names = {k for r in rows for k in r.metrics if not k.startswith("system/")}
+    return sorted(names)
+
+
+def table_records(rows: list[Row], params: list[str], metrics: list[str]) -> list[dict[str, Any]]:
+    """One dict per row: base columns, ``params.<p>``, ``metrics.<m>`` (``None`` = missing)."""
+    records = []
+    for r in rows:
+        start = (
+            datetime.fromtimestamp(r.start_time_ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+            if r.start_time_ms
+            else None
+        )
+        record: dict[str, Any] = {
+            "run_id": r.run_id,
+            "run_name": r.run_name,
+            "status": r.status,
+            "start_time": start,
+            "stage": r.stage,
+        }
+        record.update({f"params.{p}": r.params.get(p) for p in params})
+        record.update({f"metrics.{m}": r.metrics.get(m) for m in metrics})
+        records.append(record)
+    return records
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return MISSING
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def format_table(records: list[dict[str, Any]], columns: list[str]) -> str:
+    """Fixed-width text table; run ids shortened to 8 characters."""
+    header = ["run_id" if c == "run_id" else c for c in columns]
+    body = [
+        [_cell(rec[c])[:8] if c == "run_id" else _cell(rec[c]) for c in columns] for rec in records
+    ]
+    widths = [max([len(h)] + [len(row[i]) for row in body]) for i, h in enumerate(header)]
+    numeric = [c.startswith("metrics.") for c in columns]
+    lines = [
+        "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip(),
+        "  ".join("-" * w for w in widths),
+    ]
+    for row in body:
+        cells = (
+            v.rjust(w) if num else v.ljust(w)
+            for v, w, num in zip(row, widths, numeric, strict=True)
+        )
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def format_csv(records: list[dict[str, Any]], columns: list[str]) -> str:
+    """CSV with a header row; missing values are empty cells."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for rec in records:
+        writer.writerow(["" if rec[c] is None else rec[c] for c in columns])
+    return buffer.getvalue().rstrip("\n")
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The ``stackgan runs`` argument parser."""
+    p = argparse.ArgumentParser(
+        prog=prog or "stackgan runs",
+        description="Compare MLflow runs: rows = runs, columns = chosen params x final metrics.",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI,
+        help=f"tracking URI (default: $MLFLOW_TRACKING_URI, else {DEFAULT_URI})",
+    )
+    p.add_argument(
+        "--experiment",
+        action="append",
+        help="experiment name; repeatable or comma list (default: all)",
+    )
+    p.add_argument("--params", action="append", help="param columns, comma list")
+    p.add_argument("--metrics", action="append", help="metric columns (default: all but system/)")
+    p.add_argument(
+        "--filter", default="", help="MLflow filter string, e.g. \"params.arch = 'paper'\""
+    )
+    p.add_argument("--sort", help="metrics.X | params.Y | start_time | run_name (default: newest)")
+    p.add_argument("--desc", action="store_true", help="sort descending")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--parents-only", action="store_true", help="only runs without a parent")
+    group.add_argument("--children-of", metavar="RUN_ID", help="only children of this run")
+    p.add_argument("--limit", type=int, default=None, help="show at most N rows")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    return p
+
+
+def render(args: argparse.Namespace, rows: list[Row]) -> str:
+    """Sort, limit and format ``rows`` as the options ask."""
+    rows = sort_rows(rows, args.sort, args.desc)
+    if args.limit is not None:
+        rows = rows[: max(0, args.limit)]
+    params = _split(args.params)
+    metrics = _split(args.metrics) or default_metrics(rows)
+    records = table_records(rows, params, metrics)
+    columns = [*BASE_COLUMNS, *(f"params.{p}" for p in params), *(f"metrics.{m}" for m in metrics)]
+    if args.format == "json":
+        return json.dumps(records, indent=2)
+    if args.format == "csv":
+        return format_csv(records, columns)
+    return format_table(records, columns)
+
+
+def _require_existing_db(uri: str) -> None:
+    """A read-only command must not create an empty sqlite database."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+        if not db.is_file():
+            raise ValueError(f"no MLflow database at {db}")
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Print the comparison table; returns the exit status."""
+    args = build_parser(prog).parse_args(argv)
+    configure_mlflow_environment()
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        _require_existing_db(args.tracking_uri)
+        client = MlflowClient(tracking_uri=args.tracking_uri)
+        rows = fetch_rows(
+            client,
+            _split(args.experiment),
+            args.filter,
+            children_of=args.children_of,
+            parents_only=args.parents_only,
+        )
+        print(render(args, rows))
+    except (ValueError, MlflowException) as err:
+        print(f"error: {args.tracking_uri}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
