@@ -104,6 +104,118 @@ class LossConfig:
         )
 
 
+CaptionMode = Literal["single", "mean4"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Optimisation, schedule, precision, data stream and bookkeeping for one stage.
+
+    ``batch_size`` is PER RANK: the global batch is ``batch_size x world_size`` (the
+    paper used 64 on one GPU; StackGAN-Pytorch used 64 per GPU). Options left ``None``
+    default per architecture preset (see :class:`RunConfig`).
+    """
+
+    seed: int = 0
+    batch_size: int = 64  # per rank
+    epochs: int = 600  # an epoch = (dataset size // global batch) steps
+    max_steps: int | None = None  # stop earlier (demos, tests); None = epochs * steps_per_epoch
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    lr_decay_epochs: int = 100  # lr x lr_decay_factor every N epochs; 0 = never
+    lr_decay_factor: float = 0.5
+    caption_mode: CaptionMode | None = None  # per preset: paper mean4 (TF), pytorch single
+    g_step_fakes: GStepFakes | None = (
+        None  # per preset: pytorch reuse D-step fakes, paper redraw z/eps
+    )
+    frozen_stage1_bn: FrozenBn = "eval"  # "train" reproduces the reference's BN drift in Stage-II
+    amp: Amp = "fp32"  # bf16 autocast (CPU/GPU) or fp16 + GradScaler (GPU only)
+    bn: BnMode = "per_rank"  # sync = SyncBatchNorm (GPU only)
+    channels_last: bool = False
+    compile: bool = False  # torch.compile G and D
+    ema_beta: float | None = None  # EMA of G (None = off), e.g. 0.999
+    deterministic: bool = False  # torch.use_deterministic_algorithms + fixed cuDNN
+    num_workers: int = 2  # data-loader processes per rank (part of the data stream's identity)
+    shuffle_buffer: int = 1000
+    log_every: int = 10  # steps between metric logs
+    sample_every: int = 500  # steps between sample grids (0 = off)
+    grid_captions: int = 8  # rows of the training sample grid
+    grid_samples: int = 4  # noise samples per caption in the grid
+    checkpoint_every_minutes: float = 10.0  # wall-clock checkpoint interval (0 = off)
+    checkpoint_every_steps: int = 0  # step checkpoint interval (0 = off)
+    keep_checkpoints: int = 3
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.epochs >= 1, "train.epochs", f"must be >= 1, got {self.epochs}")
+        _check(
+            self.max_steps is None or self.max_steps >= 1, "train.max_steps", "must be >= 1 or null"
+        )
+        _check(self.lr_g > 0 and self.lr_d > 0, "train.lr_g/lr_d", "learning rates must be > 0")
+        _check(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            "train.betas",
+            f"expected two values in [0, 1), got {self.betas}",
+        )
+        _check(self.lr_decay_epochs >= 0, "train.lr_decay_epochs", "must be >= 0")
+        _check(0 < self.lr_decay_factor <= 1, "train.lr_decay_factor", "must be in (0, 1]")
+        _check(
+            self.ema_beta is None or 0 < self.ema_beta < 1,
+            "train.ema_beta",
+            "must be in (0, 1) or null",
+        )
+        _check(self.num_workers >= 0, "train.num_workers", "must be >= 0")
+        _check(self.log_every >= 1, "train.log_every", "must be >= 1")
+        _check(
+            self.sample_every >= 0 and self.checkpoint_every_steps >= 0,
+            "train.sample_every",
+            "must be >= 0",
+        )
+        _check(self.checkpoint_every_minutes >= 0, "train.checkpoint_every_minutes", "must be >= 0")
+        _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
+        _check(
+            self.grid_captions >= 1 and self.grid_samples >= 1,
+            "train.grid_captions",
+            "must be >= 1",
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Everything ``stackgan train`` needs besides paths: model, loss, training, stage."""
+
+    stage: int
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.stage in (1, 2), "stage", f"must be 1 or 2, got {self.stage}")
+        paper = self.model.arch == "paper"
+        resolved = {}
+        if self.train.caption_mode is None:
+            resolved["caption_mode"] = "mean4" if paper else "single"
+        if self.train.g_step_fakes is None:
+            resolved["g_step_fakes"] = "redraw" if paper else "reuse"
+        if resolved:
+            object.__setattr__(self, "train", dataclasses.replace(self.train, **resolved))
+
+    @classmethod
+    def from_yaml(cls, path: str) -> RunConfig:
+        """Load and validate a run config file (unknown keys are errors)."""
+        import yaml
+
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        try:
+            return from_dict(cls, data)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from err
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -207,6 +319,8 @@ __all__ = [
     "ConfigError",
     "LossConfig",
     "ModelConfig",
+    "RunConfig",
+    "TrainConfig",
     "field",
     "flatten",
     "from_dict",

@@ -1,0 +1,84 @@
+# Raw data (synthetic twin or real CUB + birds bundle) -> validation report -> shards + index.
+
+
+if S.twin:
+
+    rule make_twin:
+        output:
+            f"{RAW}/twin.json",
+        params:
+            twin=config["data"]["twin"],
+            out=RAW,
+            extra=" ".join(
+                f"--{k.replace('_', '-')} {config['data']['twin'][k]}"
+                for k in ("min_side", "max_side")
+                if k in config["data"]["twin"]
+            ),
+        log:
+            f"{DATA}/logs/make_twin.log",
+        threads: config["resources"]["preprocess"]["cpus"]
+        resources:
+            mem_mb=config["resources"]["preprocess"]["mem_mb"],
+            runtime=config["resources"]["preprocess"]["runtime"],
+        conda:
+            CONDA_PRE
+        shell:
+            "{STACKGAN} make-twin --out {params.out} --classes {params.twin[classes]} "
+            "--images-per-class {params.twin[images_per_class]} --seed {params.twin[seed]} "
+            "{params.extra} --workers {threads} 2>&1 | tee {log}"
+
+
+def raw_inputs(wildcards):
+    """The twin's completion marker, or the real CUB/bundle files (checked when parsing)."""
+    if S.twin:
+        return [f"{RAW}/twin.json"]
+    return [
+        f"{S.cub_dir()}/images.txt",
+        f"{S.cub_dir()}/bounding_boxes.txt",
+        *(f"{S.bundle_dir()}/{s}/{n}" for s in ("train", "test") for n in ("filenames.pickle", "class_info.pickle", "char-CNN-RNN-embeddings.pickle")),
+    ]
+
+
+rule validate_data:
+    input:
+        raw_inputs,
+    output:
+        f"{DATA}/validation.json",
+    params:
+        paths=raw_data_args(),
+        on_bad=config["data"]["shards"].get("on_bad_image", "error"),
+    log:
+        f"{DATA}/logs/validate_data.log",
+    resources:
+        mem_mb=config["resources"]["preprocess"]["mem_mb"],
+        runtime=config["resources"]["preprocess"]["runtime"],
+    conda:
+        CONDA_PRE
+    shell:
+        "{STACKGAN} validate-data {params.paths} --on-bad-image {params.on_bad} --report {output} > {log} 2>&1"
+
+
+rule build_shards:
+    input:
+        f"{DATA}/validation.json",
+    output:
+        lr=f"{SHARDS}/{{split}}-64/manifest.json",
+        hr=f"{SHARDS}/{{split}}-256/manifest.json",
+        index=f"{SHARDS}/{{split}}-index.h5",
+    wildcard_constraints:
+        split="train|test",
+    params:
+        paths=raw_data_args(),
+        out=SHARDS,
+        opts=" ".join(f"--{k.replace('_', '-')} {v}" for k, v in sorted(config["data"]["shards"].items())),
+    log:
+        f"{DATA}/logs/build_shards_{{split}}.log",
+    threads: config["resources"]["preprocess"]["cpus"]
+    resources:
+        mem_mb=config["resources"]["preprocess"]["mem_mb"],
+        runtime=config["resources"]["preprocess"]["runtime"],
+    conda:
+        CONDA_PRE
+    shell:
+        "{STACKGAN} build-shards {params.paths} --out {params.out} --splits {wildcards.split} "
+        "{params.opts} --workers {threads} 2>&1 | tee {log}"

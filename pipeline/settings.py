@@ -1,0 +1,212 @@
+"""Pipeline configuration: preset merging, semantic checks, per-stage run configs, paths.
+
+The Snakefile calls :func:`resolve` once; everything a rule needs comes from the
+returned :class:`Settings`. All checks here run when the workflow is parsed, so a bad
+configuration fails before any job is submitted, with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stackgan.config import ConfigError, RunConfig, from_dict, to_dict
+
+PIPELINE_DIR = Path(__file__).resolve().parent
+PRESET_DIR = PIPELINE_DIR / "config" / "presets"
+SCHEMA = PIPELINE_DIR / "schemas" / "config.schema.yaml"
+REQUIRED_CUB_FILES = ("images.txt", "bounding_boxes.txt")
+REQUIRED_BUNDLE_FILES = tuple(
+    f"{split}/{name}"
+    for split in ("train", "test")
+    for name in ("filenames.pickle", "class_info.pickle", "char-CNN-RNN-embeddings.pickle")
+)
+
+
+class PipelineConfigError(ValueError):
+    """The pipeline configuration is unusable (raised while the workflow is parsed)."""
+
+
+def available_presets() -> list[str]:
+    """Names of the files in ``pipeline/config/presets``."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``override`` into a copy of ``base`` (override wins)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def merge_with_preset(user: dict[str, Any]) -> dict[str, Any]:
+    """The preset named by ``user['preset']`` (default demo) with ``user`` merged on top."""
+    name = user.get("preset", "demo")
+    presets = available_presets()
+    if name not in presets:
+        raise PipelineConfigError(
+            f"preset: unknown preset {name!r}; available: {', '.join(presets)}"
+        )
+    with open(PRESET_DIR / f"{name}.yaml", encoding="utf-8") as fh:
+        preset = yaml.safe_load(fh)
+    return deep_merge(preset, user)
+
+
+def schema_errors(config: dict[str, Any]) -> list[str]:
+    """JSON-Schema (Draft 2020-12) errors of ``config``, each naming the key path."""
+    import jsonschema
+
+    with open(SCHEMA, encoding="utf-8") as fh:
+        schema = yaml.safe_load(fh)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = []
+    for err in sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path)):
+        where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+        errors.append(f"{where}: {err.message}")
+    return errors
+
+
+def stage_run_config(config: dict[str, Any], stage: int) -> dict[str, Any]:
+    """The run config of one stage (validated by the training dataclasses), as a dict."""
+    train = deep_merge(config.get("train", {}), config.get(f"stage{stage}", {}))
+    raw = {
+        "stage": stage,
+        "model": config.get("model", {}),
+        "loss": config.get("loss", {}),
+        "train": train,
+    }
+    try:
+        return to_dict(from_dict(RunConfig, raw))
+    except ConfigError as err:
+        where = f"train/stage{stage}" if str(err).startswith("train") else ""
+        raise PipelineConfigError(f"{where + ': ' if where else ''}{err}") from err
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved, checked pipeline settings."""
+
+    config: dict[str, Any]
+    run_dir: str  # <results_dir>/<run>
+    data_dir: str  # <results_dir>/data/<dataset>
+    run_configs: dict[int, dict[str, Any]]
+
+    @property
+    def stages(self) -> list[int]:
+        return sorted(self.config["stages"])
+
+    @property
+    def eval_stages(self) -> list[int]:
+        return sorted(s for s in self.config["eval"]["stages"] if s in self.stages)
+
+    @property
+    def twin(self) -> bool:
+        return self.config["data"]["source"] == "twin"
+
+    @property
+    def raw_root(self) -> str:
+        return f"{self.data_dir}/raw" if self.twin else str(self.config["data"]["root"] or "")
+
+    def cub_dir(self) -> str:
+        d = self.config["data"]
+        return d.get("cub_dir") or f"{self.raw_root}/CUB_200_2011"
+
+    def bundle_dir(self) -> str:
+        d = self.config["data"]
+        return d.get("bundle_dir") or self.raw_root
+
+
+def _check_cub_paths(config: dict[str, Any]) -> list[str]:
+    d = config["data"]
+    if d.get("root") is None and (d.get("cub_dir") is None or d.get("bundle_dir") is None):
+        return [
+            "data.root: required for data.source 'cub' (or give data.cub_dir and data.bundle_dir)"
+        ]
+    root = Path(d["root"]) if d.get("root") else None
+    cub = Path(d.get("cub_dir") or root / "CUB_200_2011")  # type: ignore[operator]
+    bundle = Path(d.get("bundle_dir") or root)  # type: ignore[arg-type]
+    problems = []
+    for base, names, key in (
+        (cub, REQUIRED_CUB_FILES, "cub_dir"),
+        (bundle, REQUIRED_BUNDLE_FILES, "bundle_dir"),
+    ):
+        if not base.is_dir():
+            problems.append(f"data.{key}: directory {base} does not exist")
+            continue
+        problems += [f"data.{key}: missing {base / n}" for n in names if not (base / n).is_file()]
+    if cub.is_dir() and not (cub / "images").is_dir():
+        problems.append(f"data.cub_dir: missing {cub / 'images'}/")
+    return problems
+
+
+def _check_resources(config: dict[str, Any]) -> list[str]:
+    res = config["resources"]
+    problems = []
+    for rule in ("train_stage1", "train_stage2"):
+        r = res[rule]
+        if r["gpus"] > res["gpus_per_node"]:
+            problems.append(
+                f"resources.{rule}.gpus: {r['gpus']} GPUs per node requested, but resources.gpus_per_node "
+                f"(what one node of the profile's GPU partition has) is {res['gpus_per_node']}"
+            )
+        if r["gpus"] > 0 and r["ranks_per_node"] != r["gpus"]:
+            problems.append(
+                f"resources.{rule}.ranks_per_node: must equal gpus ({r['gpus']}) on GPU nodes (one rank per GPU)"
+            )
+    if res["evaluate"]["gpus"] > res["gpus_per_node"]:
+        problems.append(
+            f"resources.evaluate.gpus: {res['evaluate']['gpus']} > resources.gpus_per_node {res['gpus_per_node']}"
+        )
+    return problems
+
+
+def resolve(user: dict[str, Any]) -> Settings:
+    """Merge the preset, validate everything and derive per-stage run configs.
+
+    Raises:
+        PipelineConfigError: listing every problem found, each naming its key.
+    """
+    config = merge_with_preset(user)
+    problems = schema_errors(config)
+    if problems:
+        raise PipelineConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    stages = set(config["stages"])
+    if 2 in stages and 1 not in stages and not config.get("stage1_generator"):
+        problems.append(
+            "stages: Stage-II needs Stage-I: add 1 to stages, or set stage1_generator to a Stage-I network file"
+        )
+    if config.get("stage1_generator") and 1 in stages:
+        problems.append("stage1_generator: given, but stages also trains Stage-I; drop one of them")
+    if config.get("stage1_generator") and not Path(config["stage1_generator"]).is_file():
+        problems.append(f"stage1_generator: {config['stage1_generator']} does not exist")
+    missing_eval = set(config["eval"]["stages"]) - stages
+    if missing_eval:
+        problems.append(
+            f"eval.stages: {sorted(missing_eval)} not trained (stages is {sorted(stages)})"
+        )
+    if config["data"]["source"] == "cub":
+        problems += _check_cub_paths(config)
+    if config["eval"].get("conditional_accuracy") and config["data"]["source"] != "twin":
+        problems.append(
+            "eval.conditional_accuracy: only defined for the synthetic twin (data.source: twin)"
+        )
+    problems += _check_resources(config)
+    run_configs = {}
+    for stage in sorted(stages):
+        try:
+            run_configs[stage] = stage_run_config(config, stage)
+        except PipelineConfigError as err:
+            problems.append(str(err))
+    if problems:
+        raise PipelineConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    results = config["results_dir"].rstrip("/")
+    dataset = "twin" if config["data"]["source"] == "twin" else "cub"
+    return Settings(config, f"{results}/{config['run']}", f"{results}/data/{dataset}", run_configs)

@@ -1,0 +1,126 @@
+"""Inference from network files: deterministic, batch-chunked sampling for both stages.
+
+A Stage-I network file holds G; a Stage-II file holds the trained Stage-II G and the
+frozen Stage-I G it was trained with (including the reference's drifted BatchNorm
+statistics when that option was on), so either file samples on its own.
+
+Determinism: the requests (embedding rows) are cut into fixed chunks of ``batch_size``;
+chunk ``c`` draws its noise z and the CA noise from seed ``(seed, c)``. The images
+therefore depend only on the request order, the seed and the batch size -- not on how
+chunks are spread over ranks -- so sharded evaluation reproduces a single-process run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from stackgan.checkpoint import load_network
+from stackgan.config import ModelConfig, from_dict
+from stackgan.networks import build_networks
+
+
+@dataclass
+class Samples:
+    """One chunk of generated images, in [-1, 1]."""
+
+    stage1: torch.Tensor  # [B, 3, 64, 64]
+    final: torch.Tensor  # [B, 3, 64, 64] or [B, 3, 256, 256]
+
+
+class Sampler(nn.Module):
+    """Maps text embeddings and noise to images with the networks of one network file."""
+
+    def __init__(
+        self, stage: int, model: ModelConfig, g1: nn.Module, g2: nn.Module | None, meta: dict
+    ) -> None:
+        super().__init__()
+        self.stage, self.model, self.g1, self.g2, self.meta = stage, model, g1, g2, meta
+        self.eval()
+
+    @classmethod
+    def load(
+        cls, path: str | Path, *, use_ema: bool = True, device: torch.device | str = "cpu"
+    ) -> Sampler:
+        """Load a network file; ``use_ema`` picks the EMA generator when the file has one."""
+        payload = load_network(path)
+        stage = int(payload["stage"])
+        model = from_dict(ModelConfig, payload["model"], prefix="network model")
+        weights = payload["G_ema"] if use_ema and payload.get("G_ema") is not None else payload["G"]
+        if stage == 1:
+            g1, _ = build_networks(model, 1)
+            g1.load_state_dict(weights)
+            g2 = None
+        else:
+            g1_model = from_dict(ModelConfig, payload["stage1_model"], prefix="stage1 model")
+            g1, _ = build_networks(g1_model, 1)
+            g1.load_state_dict(payload["G1"])
+            g2, _ = build_networks(model, 2)
+            g2.load_state_dict(weights)
+        meta = {
+            "path": str(path),
+            "stage": stage,
+            "step": payload.get("step"),
+            "weights": "G_ema" if weights is payload.get("G_ema") else "G",
+        }
+        return cls(stage, model, g1, g2, meta).to(device)
+
+    @property
+    def resolution(self) -> int:
+        return 64 if self.g2 is None else 256
+
+    @torch.no_grad()
+    def forward(self, emb: torch.Tensor, z: torch.Tensor) -> Samples:
+        low, _, _ = self.g1(emb, z)
+        if self.g2 is None:
+            return Samples(low, low)
+        high, _, _ = self.g2(low, emb)
+        return Samples(low, high)
+
+    def sample_chunk(self, emb: torch.Tensor, chunk: int, seed: int) -> Samples:
+        """Images for one chunk with noise (z and CA) seeded by ``(seed, chunk)``."""
+        device = emb.device
+        chunk_seed = int(np.random.SeedSequence([seed, chunk]).generate_state(1)[0])
+        gen = torch.Generator(device="cpu").manual_seed(chunk_seed)
+        z = torch.randn(emb.shape[0], self.model.z_dim, generator=gen).to(device)
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(chunk_seed + 1)  # the CA noise inside the generators
+            return self(emb, z)
+
+
+def chunks(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` covering ``range(n)`` in order."""
+    return [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+
+
+def shard_chunks(
+    n: int, batch_size: int, rank: int, world_size: int
+) -> list[tuple[int, tuple[int, int]]]:
+    """This rank's ``(chunk_id, (start, stop))``: chunk ``c`` goes to rank ``c % world``.
+
+    Every index in ``range(n)`` is in exactly one chunk of exactly one rank, for any ``n``
+    and world size (no padding, no duplicates).
+    """
+    return [(c, span) for c, span in enumerate(chunks(n, batch_size)) if c % world_size == rank]
+
+
+def iterate_samples(
+    sampler: Sampler,
+    embeddings: torch.Tensor,
+    *,
+    batch_size: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | str = "cpu",
+) -> Iterator[tuple[int, int, Samples]]:
+    """Yield ``(start, stop, samples)`` for this rank's chunks of ``embeddings`` [N, text_dim]."""
+    for chunk, (start, stop) in shard_chunks(embeddings.shape[0], batch_size, rank, world_size):
+        emb = embeddings[start:stop].to(device).float()
+        yield start, stop, sampler.sample_chunk(emb, chunk, seed)
