@@ -1,0 +1,138 @@
+"""StackGAN losses as pure functions on discriminator logits.
+
+Binary cross-entropy with logits everywhere (the same math as the references' sigmoid +
+BCE, numerically safer), labels 1 (real) / 0 (wrong, fake), no label smoothing. Logits
+are promoted to float32 first, so the losses are safe under bf16/fp16 autocast.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from stackgan.config import MismatchMode
+
+
+def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+    """Mean BCE-with-logits of ``logits`` against a constant label."""
+    x = logits.float()
+    return F.binary_cross_entropy_with_logits(x, torch.full_like(x, target))
+
+
+def _mean_prob(logits: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(logits.detach().float()).mean()
+
+
+def kl_loss(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)), averaged over the batch AND the code dimensions.
+
+    The weight (``LossConfig.kl_weight``, 2.0 in both references) is applied by the caller.
+    """
+    return -0.5 * torch.mean(1.0 + logvar - mu.pow(2) - logvar.exp())
+
+
+def d_loss(
+    real: torch.Tensor,
+    wrong: torch.Tensor,
+    fake: torch.Tensor,
+    real_uncond: torch.Tensor | None = None,
+    fake_uncond: torch.Tensor | None = None,
+    uncond_weight: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Matching-aware discriminator loss.
+
+    Without an unconditional head: ``L_real + (L_wrong + L_fake) / 2``. With one (both
+    ``real_uncond`` and ``fake_uncond`` given; w = ``uncond_weight``, 1 in StackGAN-Pytorch):
+    ``(L_real + w*L_real_u) / 2 + (L_fake + L_wrong + w*L_fake_u) / 3``.
+
+    Args:
+        real: logits of (real image, matching text) [B].
+        wrong: logits of (real image, mismatched text) [B'].
+        fake: logits of (fake image, matching text) [B].
+        real_uncond: unconditional-head logits of the real images [B], or None.
+        fake_uncond: unconditional-head logits of the fakes [B], or None.
+        uncond_weight: weight of the unconditional terms.
+
+    Returns:
+        The loss and detached parts for logging: ``loss_real``, ``loss_wrong``,
+        ``loss_fake``, mean sigmoid outputs ``d_real``, ``d_wrong``, ``d_fake`` (and the
+        ``*_uncond`` counterparts when the head exists).
+    """
+    if (real_uncond is None) != (fake_uncond is None):
+        raise ValueError("give both real_uncond and fake_uncond, or neither")
+    loss_real, loss_wrong, loss_fake = _bce(real, 1.0), _bce(wrong, 0.0), _bce(fake, 0.0)
+    parts = {
+        "loss_real": loss_real,
+        "loss_wrong": loss_wrong,
+        "loss_fake": loss_fake,
+        "d_real": _mean_prob(real),
+        "d_wrong": _mean_prob(wrong),
+        "d_fake": _mean_prob(fake),
+    }
+    if real_uncond is None or fake_uncond is None:
+        loss = loss_real + 0.5 * (loss_wrong + loss_fake)
+    else:
+        loss_real_u, loss_fake_u = _bce(real_uncond, 1.0), _bce(fake_uncond, 0.0)
+        loss = (loss_real + uncond_weight * loss_real_u) / 2.0 + (
+            loss_fake + loss_wrong + uncond_weight * loss_fake_u
+        ) / 3.0
+        parts |= {
+            "loss_real_uncond": loss_real_u,
+            "loss_fake_uncond": loss_fake_u,
+            "d_real_uncond": _mean_prob(real_uncond),
+            "d_fake_uncond": _mean_prob(fake_uncond),
+        }
+    return loss, {k: v.detach() for k, v in parts.items()}
+
+
+def g_loss(
+    fake: torch.Tensor, fake_uncond: torch.Tensor | None = None, uncond_weight: float = 1.0
+) -> torch.Tensor:
+    """Non-saturating generator loss: BCE(fake, 1) [+ w * BCE(fake_uncond, 1)]."""
+    loss = _bce(fake, 1.0)
+    if fake_uncond is not None:
+        loss = loss + uncond_weight * _bce(fake_uncond, 1.0)
+    return loss
+
+
+def mismatched_condition(
+    cond: torch.Tensor,
+    class_ids: torch.Tensor | None,
+    mode: MismatchMode,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The mismatched conditions (``wrong_cond``) for the discriminator.
+
+    Args:
+        cond: D's conditions [B, .] for the real images, row i matching image i.
+        class_ids: class of each sample [B] (only used by ``"class_aware"``).
+        mode: ``"shift"``: ``cond[1:]`` (B-1 rows; image i is paired with text i+1, the
+            StackGAN-Pytorch batch roll, same-class pairs possible). ``"class_aware"``:
+            B rows, row i is the condition of a uniformly drawn sample of another class.
+        generator: random generator for ``"class_aware"`` (on ``cond``'s device).
+
+    Raises:
+        ValueError: unknown mode, a batch of one (``shift``), missing ``class_ids`` or a
+            sample without another-class partner in the batch (``class_aware``).
+    """
+    if mode == "shift":
+        if cond.shape[0] < 2:
+            raise ValueError("mismatch 'shift' needs a batch of at least 2")
+        return cond[1:]
+    if mode != "class_aware":
+        raise ValueError(f"unknown mismatch mode {mode!r}; expected 'shift' or 'class_aware'")
+    if class_ids is None:
+        raise ValueError("mismatch 'class_aware' needs class_ids")
+    ids = class_ids.reshape(-1).to(cond.device)
+    if ids.shape[0] != cond.shape[0]:
+        raise ValueError(f"class_ids has {ids.shape[0]} entries, cond {cond.shape[0]} rows")
+    other = ids[None, :] != ids[:, None]  # [B, B], True where classes differ
+    lonely = ~other.any(dim=1)
+    if bool(lonely.any()):
+        rows = torch.nonzero(lonely).flatten().tolist()
+        raise ValueError(
+            "mismatch 'class_aware': no sample of another class in the batch for row(s) "
+            f"{rows} (class {ids[rows[0]].item()}); use larger or class-mixed batches, or 'shift'"
+        )
+    idx = torch.multinomial(other.float(), 1, generator=generator).flatten()  # [B]
+    return cond[idx]

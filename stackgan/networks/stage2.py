@@ -1,0 +1,139 @@
+"""Stage-II generator (64x64 Stage-I image + text -> 256x256) and discriminator.
+
+The generator has the same topology in both presets (only its CA differs); it does not
+own the Stage-I generator: the caller runs the frozen Stage-I G and passes its image.
+Layer tables: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from stackgan.config import Arch, CaNonlinearity
+from stackgan.networks.blocks import (
+    Bottleneck,
+    CondLogits,
+    ConvBlock,
+    DOutput,
+    ResBlock,
+    UncondLogits,
+    UpBlock,
+    check_arch,
+    conv,
+    discriminator_output,
+    tile,
+)
+from stackgan.networks.conditioning import CaNoise, CondAugment
+
+
+class Stage2Generator(nn.Module):
+    """Stage-II G: encode the 64x64 image to 16x16, join the tiled CA code, residual
+    blocks, four up-blocks to 256x256; no new z.
+
+    Args:
+        text_dim: text embedding size.
+        cond_dim: size of its own CA code.
+        gf_dim: base width (the 16x16 map has 4*gf_dim channels).
+        r_num: number of residual blocks.
+        arch: ``"paper"`` or ``"pytorch"`` (only changes the CA's log sigma/logvar reading).
+        ca_nonlinearity: CA activation.
+        ca_noise: CA eps distribution.
+    """
+
+    def __init__(
+        self,
+        *,
+        text_dim: int,
+        cond_dim: int,
+        gf_dim: int,
+        r_num: int,
+        arch: Arch,
+        ca_nonlinearity: CaNonlinearity,
+        ca_noise: CaNoise = "normal",
+    ) -> None:
+        super().__init__()
+        check_arch(arch)
+        self.arch = arch
+        g = gf_dim
+        self.ca = CondAugment(
+            text_dim, cond_dim, ca_nonlinearity, log_sigma=arch == "paper", noise=ca_noise
+        )
+        self.encode = nn.Sequential(
+            ConvBlock(3, g, 3, bn=False, act="relu"),  # [B, g, 64, 64]
+            ConvBlock(g, g * 2, 4, 2, act="relu"),  # [B, 2g, 32, 32]
+            ConvBlock(g * 2, g * 4, 4, 2, act="relu"),  # [B, 4g, 16, 16]
+        )
+        self.joint = ConvBlock(g * 4 + cond_dim, g * 4, 3, act="relu")  # [B, 4g, 16, 16]
+        self.residual = nn.Sequential(*(ResBlock(g * 4) for _ in range(r_num)))
+        self.decode = nn.Sequential(
+            UpBlock(g * 4, g * 2),  # [B, 2g, 32, 32]
+            UpBlock(g * 2, g),  # [B, g, 64, 64]
+            UpBlock(g, g // 2),  # [B, g/2, 128, 128]
+            UpBlock(g // 2, g // 4),  # [B, g/4, 256, 256]
+            conv(g // 4, 3, 3),  # [B, 3, 256, 256]
+            nn.Tanh(),
+        )
+
+    def forward(
+        self, stage1_img: torch.Tensor, text_emb: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[B, 3, 64, 64], [B, text_dim] -> (img [B, 3, 256, 256], mu, logvar [B, cond_dim])."""
+        x = self.encode(stage1_img)  # [B, 4g, 16, 16]
+        c, mu, logvar = self.ca(text_emb)  # [B, cond_dim]
+        h = torch.cat([x, tile(c.to(x.dtype), x.shape[-1])], dim=1)  # [B, 4g+cond, 16, 16]
+        h = self.residual(self.joint(h))  # [B, 4g, 16, 16]
+        return self.decode(h), mu, logvar
+
+
+class Stage2Discriminator(nn.Module):
+    """Stage-II D: 256x256 image -> 4x4 features; conditional (+ optional unconditional) logit.
+
+    Args:
+        df_dim: base width (features have 8*df_dim channels).
+        cond_in_dim: size of the condition passed to ``forward``.
+        code_dim: size of the tiled text code (see :class:`Stage1Discriminator`).
+        arch: ``"paper"`` or ``"pytorch"``.
+        uncond_head: build the unconditional head (PT Stage-II); its logit conv has a
+            bias only in the pytorch preset.
+    """
+
+    def __init__(
+        self, *, df_dim: int, cond_in_dim: int, code_dim: int, arch: Arch, uncond_head: bool
+    ) -> None:
+        super().__init__()
+        check_arch(arch)
+        self.arch = arch
+        paper = arch == "paper"
+        ndf = df_dim
+        k = 1 if paper else 3  # the two 4x4 width-reducing convs
+        layers: list[nn.Module] = [
+            ConvBlock(3, ndf, 4, 2, bn=False, act="leaky_relu"),  # [B, d, 128, 128]
+            ConvBlock(ndf, ndf * 2, 4, 2, act="leaky_relu"),  # [B, 2d, 64, 64]
+            ConvBlock(ndf * 2, ndf * 4, 4, 2, act="leaky_relu"),  # [B, 4d, 32, 32]
+            ConvBlock(ndf * 4, ndf * 8, 4, 2, act="leaky_relu"),  # [B, 8d, 16, 16]
+            ConvBlock(ndf * 8, ndf * 16, 4, 2, act="leaky_relu"),  # [B, 16d, 8, 8]
+            ConvBlock(ndf * 16, ndf * 32, 4, 2, act="leaky_relu"),  # [B, 32d, 4, 4]
+            ConvBlock(ndf * 32, ndf * 16, k, act="leaky_relu"),  # [B, 16d, 4, 4]
+            # TF: BN without activation, then the bottleneck adds and activates.
+            ConvBlock(ndf * 16, ndf * 8, k, act=None if paper else "leaky_relu"),  # [B, 8d, 4, 4]
+        ]
+        if paper:
+            layers.append(Bottleneck(ndf * 8, ndf * 2, "leaky_relu"))  # [B, 8d, 4, 4]
+        self.encode = nn.Sequential(*layers)
+        self.cond_head = CondLogits(
+            ndf * 8,
+            cond_in_dim,
+            code_dim,
+            project=paper,
+            joint_kernel=1 if paper else 3,
+            logit_bias=not paper,
+        )
+        self.uncond_head = UncondLogits(ndf * 8, bias=not paper) if uncond_head else None
+
+    def forward(
+        self, img: torch.Tensor, cond: torch.Tensor, wrong_cond: torch.Tensor | None = None
+    ) -> DOutput:
+        """img [B, 3, 256, 256], cond [B, cond_in_dim], wrong_cond [B', cond_in_dim] -> logits."""
+        feats = self.encode(img)  # [B, 8d, 4, 4]
+        return discriminator_output(feats, cond, wrong_cond, self.cond_head, self.uncond_head)

@@ -1,0 +1,275 @@
+"""``stackgan summary``: parameter counts and FLOPs of the four StackGAN networks.
+
+FLOPs come from :class:`torch.utils.flop_counter.FlopCounterMode` (matmuls and
+convolutions, forward and backward; one multiply-add = 2 FLOPs; BatchNorm, activations,
+up-sampling and losses are not counted). FLOP counts depend only on shapes, so by default
+the networks are built and run on the ``meta`` device: no memory, no compute, exact counts
+for full-size networks in well under a second (``--device cpu`` really runs them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from stackgan.config import ConfigError, GStepFakes, LossConfig, ModelConfig, to_dict
+from stackgan.losses import d_loss, g_loss, kl_loss, mismatched_condition
+from stackgan.networks import build_networks, count_params, d_condition
+
+NETWORKS: dict[str, str] = {
+    "stage1_g": "Stage-I G",
+    "stage1_d": "Stage-I D",
+    "stage2_g": "Stage-II G",
+    "stage2_d": "Stage-II D",
+}
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of everything ``fn`` runs (forward and any backward it calls)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def _inputs(model_cfg: ModelConfig, batch: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    emb = torch.randn(batch, model_cfg.text_dim, device=device)  # [B, text_dim]
+    z = torch.randn(batch, model_cfg.z_dim, device=device)  # [B, z_dim]
+    return emb, z
+
+
+def network_flops(model_cfg: ModelConfig, batch: int = 2, device: str = "meta") -> dict[str, Any]:
+    """Trainable parameters and forward FLOPs per image of each network.
+
+    D is scored on (image, condition) only (no mismatched pass, no second batch).
+    Stage-II G's numbers exclude the frozen Stage-I G.
+
+    Returns:
+        ``{name: {"params": int, "forward_flops_per_image": float}}`` for ``stage1_g``,
+        ``stage1_d``, ``stage2_g``, ``stage2_d``.
+    """
+    out: dict[str, Any] = {}
+    emb, z = _inputs(model_cfg, batch, device)
+    for stage, size in ((1, 64), (2, 256)):
+        with torch.device(device):
+            G, D = build_networks(model_cfg, stage)
+        with torch.no_grad():
+            if stage == 1:
+                g_flops = count_flops(lambda G=G: G(emb, z))
+            else:
+                low = torch.randn(batch, 3, 64, 64, device=device)  # [B, 3, 64, 64]
+                g_flops = count_flops(lambda G=G, low=low: G(low, emb))
+            mu = torch.randn(batch, model_cfg.cond_dim, device=device)  # [B, cond_dim]
+            img = torch.randn(batch, 3, size, size, device=device)  # [B, 3, S, S]
+            cond = d_condition(model_cfg, emb, mu)
+            d_flops = count_flops(lambda D=D, img=img, cond=cond: D(img, cond))
+        out[f"stage{stage}_g"] = {
+            "params": count_params(G),
+            "forward_flops_per_image": g_flops / batch,
+        }
+        out[f"stage{stage}_d"] = {
+            "params": count_params(D),
+            "forward_flops_per_image": d_flops / batch,
+        }
+    return out
+
+
+def training_step_flops(
+    model_cfg: ModelConfig,
+    stage: int,
+    batch: int,
+    *,
+    loss_cfg: LossConfig | None = None,
+    g_step_fakes: GStepFakes = "reuse",
+    device: str = "meta",
+) -> dict[str, Any]:
+    """FLOPs of one training step (one D update + one G update), as the training loop runs it.
+
+    D step: D on (real, cond) with the shifted mismatched conditions, D on
+    (fake.detach(), cond), backward of ``d_loss``. G step: G forward (Stage-II: the frozen
+    Stage-I G forward under ``no_grad`` first), D on (fake, cond) with D's parameters
+    frozen, backward of ``g_loss + kl_weight * kl``. With ``g_step_fakes="reuse"`` (PT)
+    the fakes are made once, with gradient, and counted in the G step; with ``"redraw"``
+    (TF) the D step makes its own fakes under ``no_grad``. No optimizer step is counted.
+
+    Returns:
+        ``{"stage", "batch", "g_step_fakes", "d_step", "g_step", "total"}`` (FLOPs for the
+        batch) and ``"per_image"`` = total / batch.
+    """
+    if batch < 2:
+        raise ValueError(f"batch must be >= 2 (the mismatched pairs use B-1 rows), got {batch}")
+    loss_cfg = loss_cfg or LossConfig()
+    size = 64 if stage == 1 else 256
+    with torch.device(device):
+        G, D = build_networks(model_cfg, stage)
+        G1 = build_networks(model_cfg, 1)[0].requires_grad_(False) if stage == 2 else None
+    emb, z = _inputs(model_cfg, batch, device)
+    real = torch.randn(batch, 3, size, size, device=device)  # [B, 3, S, S]
+
+    def generate() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if G1 is None:
+            return G(emb, z)
+        with torch.no_grad():
+            low = G1(emb, z)[0]  # [B, 3, 64, 64]
+        return G(low, emb)
+
+    fakes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def d_step() -> None:
+        if g_step_fakes == "reuse":
+            fake, mu, _ = fakes[0]
+        else:
+            with torch.no_grad():
+                fake, mu, _ = generate()
+        cond = d_condition(model_cfg, emb, mu)
+        wrong = mismatched_condition(cond, None, "shift")
+        out_real = D(real, cond, wrong)
+        out_fake = D(fake.detach(), cond)
+        loss, _ = d_loss(
+            out_real.logits,
+            out_real.wrong_logits,  # type: ignore[arg-type]
+            out_fake.logits,
+            out_real.uncond_logits,
+            out_fake.uncond_logits,
+            uncond_weight=loss_cfg.uncond_weight,
+        )
+        loss.backward()
+
+    def g_step() -> None:
+        fake, mu, logvar = fakes[0] if g_step_fakes == "reuse" else generate()
+        D.requires_grad_(False)
+        out = D(fake, d_condition(model_cfg, emb, mu))
+        loss = g_loss(out.logits, out.uncond_logits, uncond_weight=loss_cfg.uncond_weight)
+        (loss + loss_cfg.kl_weight * kl_loss(mu.float(), logvar.float())).backward()
+        D.requires_grad_(True)
+
+    g_forward = 0
+    if g_step_fakes == "reuse":
+        g_forward = count_flops(lambda: fakes.append(generate()))
+    d_flops = count_flops(d_step)
+    g_flops = g_forward + count_flops(g_step)
+    total = d_flops + g_flops
+    return {
+        "stage": stage,
+        "batch": batch,
+        "g_step_fakes": g_step_fakes,
+        "d_step": d_flops,
+        "g_step": g_flops,
+        "total": total,
+        "per_image": total / batch,
+    }
+
+
+def summarize(
+    model_cfg: ModelConfig,
+    batch: int = 2,
+    *,
+    g_step_fakes: GStepFakes = "reuse",
+    device: str = "meta",
+) -> dict[str, Any]:
+    """Everything ``stackgan summary`` prints, as a JSON-friendly dict."""
+    return {
+        "model": to_dict(model_cfg),
+        "batch": batch,
+        "device": device,
+        "flop_convention": "FlopCounterMode: matmul/conv only, 1 multiply-add = 2 FLOPs",
+        "networks": network_flops(model_cfg, batch, device),
+        "train_step": {
+            f"stage{s}": training_step_flops(
+                model_cfg, s, batch, g_step_fakes=g_step_fakes, device=device
+            )
+            for s in (1, 2)
+        },
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """Human-readable tables of a :func:`summarize` result."""
+    m = summary["model"]
+    lines = [
+        f"StackGAN networks, arch={m['arch']} (gf_dim {m['gf_dim']}, df_dim {m['df_dim']}, "
+        f"cond_dim {m['cond_dim']}, d_text_dim {m['d_text_dim']}, z_dim {m['z_dim']}, "
+        f"text_dim {m['text_dim']}, r_num {m['r_num']}, ca {m['ca_nonlinearity']}, "
+        f"uncond_head {m['uncond_head']})",
+        "",
+        f"{'network':<12} {'trainable params':>16} {'forward GFLOP/image':>20}",
+    ]
+    for key, label in NETWORKS.items():
+        net = summary["networks"][key]
+        lines.append(
+            f"{label:<12} {net['params']:>16,} {net['forward_flops_per_image'] / 1e9:>20.4f}"
+        )
+    lines.append("(Stage-II G excludes the frozen Stage-I G)")
+    steps = summary["train_step"]
+    fakes = steps["stage1"]["g_step_fakes"]
+    lines += [
+        "",
+        f"training step = 1 D step + 1 G step (fakes: {fakes}), counted on batch "
+        f"{summary['batch']}, per image:",
+        f"{'stage':<12} {'D step GFLOP':>14} {'G step GFLOP':>14} {'total GFLOP':>14}",
+    ]
+    for s, label in ((1, "Stage-I"), (2, "Stage-II")):
+        st = steps[f"stage{s}"]
+        b = st["batch"]
+        lines.append(
+            f"{label:<12} {st['d_step'] / b / 1e9:>14.4f} {st['g_step'] / b / 1e9:>14.4f} "
+            f"{st['per_image'] / 1e9:>14.4f}"
+        )
+    lines.append(f"({summary['flop_convention']})")
+    return "\n".join(lines)
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The ``stackgan summary`` argument parser."""
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Parameter counts and FLOPs of the StackGAN networks of a preset.",
+    )
+    p.add_argument("--arch", choices=["paper", "pytorch"], default="paper")
+    for name in ("gf-dim", "df-dim", "cond-dim", "d-text-dim", "z-dim", "text-dim", "r-num"):
+        p.add_argument(f"--{name}", type=int, default=None, help="override the preset default")
+    p.add_argument("--batch", type=int, default=2, help="batch the FLOPs are counted on")
+    p.add_argument("--g-step-fakes", choices=["reuse", "redraw"], default="reuse")
+    p.add_argument(
+        "--device",
+        choices=["meta", "cpu"],
+        default="meta",
+        help="meta counts from shapes only (instant); cpu really runs the networks",
+    )
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    return p
+
+
+def _model_config(args: argparse.Namespace) -> ModelConfig:
+    overrides = {
+        key: getattr(args, key)
+        for key in ("gf_dim", "df_dim", "cond_dim", "d_text_dim", "z_dim", "text_dim", "r_num")
+        if getattr(args, key) is not None
+    }
+    if args.arch == "pytorch" and "cond_dim" in overrides:
+        overrides.setdefault("d_text_dim", overrides["cond_dim"])  # D is conditioned on mu
+    return ModelConfig(arch=args.arch, **overrides)
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """``stackgan summary``: print parameter counts and FLOPs; returns the exit code."""
+    args = build_parser(prog).parse_args(argv)
+    try:
+        model_cfg = _model_config(args)
+        if args.batch < 2:
+            raise ConfigError(f"--batch: must be >= 2, got {args.batch}")
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    result = summarize(model_cfg, args.batch, g_step_fakes=args.g_step_fakes, device=args.device)
+    print(json.dumps(result, indent=2) if args.json else format_summary(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,173 @@
+"""Losses against hand-computed values; mismatched conditions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from stackgan.losses import d_loss, g_loss, kl_loss, mismatched_condition
+
+
+def bce1(x: float) -> float:  # -log sigmoid(x)
+    return math.log(1.0 + math.exp(-x))
+
+
+def bce0(x: float) -> float:  # -log(1 - sigmoid(x))
+    return math.log(1.0 + math.exp(x))
+
+
+def sig(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def t(values) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def test_zero_logits_give_log2():
+    zeros = torch.zeros(5)
+    loss, parts = d_loss(zeros, zeros[:4], zeros)
+    assert loss.item() == pytest.approx(2 * math.log(2))  # log2 + (log2 + log2) / 2
+    for key in ("loss_real", "loss_wrong", "loss_fake"):
+        assert parts[key].item() == pytest.approx(math.log(2))
+    for key in ("d_real", "d_wrong", "d_fake"):
+        assert parts[key].item() == pytest.approx(0.5)
+    assert g_loss(zeros).item() == pytest.approx(math.log(2))
+
+
+def test_d_loss_without_uncond_head_hand_computed():
+    real, wrong, fake = [2.0, -1.0, 0.3], [0.5, -2.5], [-3.0, 1.0, 0.0]
+    loss, parts = d_loss(t(real), t(wrong), t(fake))
+    l_real = mean(bce1(x) for x in real)
+    l_wrong = mean(bce0(x) for x in wrong)
+    l_fake = mean(bce0(x) for x in fake)
+    assert loss.item() == pytest.approx(l_real + 0.5 * (l_wrong + l_fake))
+    assert parts["loss_real"].item() == pytest.approx(l_real)
+    assert parts["loss_wrong"].item() == pytest.approx(l_wrong)
+    assert parts["loss_fake"].item() == pytest.approx(l_fake)
+    assert parts["d_real"].item() == pytest.approx(mean(sig(x) for x in real))
+    assert parts["d_wrong"].item() == pytest.approx(mean(sig(x) for x in wrong))
+    assert parts["d_fake"].item() == pytest.approx(mean(sig(x) for x in fake))
+    assert all(not p.requires_grad for p in parts.values())
+    assert "loss_real_uncond" not in parts
+
+
+@pytest.mark.parametrize("w", [1.0, 0.5])
+def test_d_loss_with_uncond_head_hand_computed(w):
+    real, wrong, fake = [1.5, -0.5], [0.7], [-1.0, 2.0]
+    real_u, fake_u = [0.2, 3.0], [-0.4, 0.9]
+    loss, parts = d_loss(t(real), t(wrong), t(fake), t(real_u), t(fake_u), uncond_weight=w)
+    expected = (mean(map(bce1, real)) + w * mean(map(bce1, real_u))) / 2 + (
+        mean(map(bce0, fake)) + mean(map(bce0, wrong)) + w * mean(map(bce0, fake_u))
+    ) / 3
+    assert loss.item() == pytest.approx(expected)
+    assert parts["loss_real_uncond"].item() == pytest.approx(mean(map(bce1, real_u)))
+    assert parts["loss_fake_uncond"].item() == pytest.approx(mean(map(bce0, fake_u)))
+    assert parts["d_fake_uncond"].item() == pytest.approx(mean(map(sig, fake_u)))
+    with pytest.raises(ValueError, match="both real_uncond and fake_uncond"):
+        d_loss(t(real), t(wrong), t(fake), t(real_u), None)
+
+
+def test_d_loss_gradients_weight_each_term():
+    real = t([0.4, -1.2]).requires_grad_()
+    wrong = t([1.1]).requires_grad_()
+    fake = t([-0.3, 0.8]).requires_grad_()
+    loss, _ = d_loss(real, wrong, fake)
+    loss.backward()
+    # d/dx mean BCE(x, y) = (sigmoid(x) - y) / N, times the term weight (1, 1/2, 1/2)
+    torch.testing.assert_close(real.grad, t([(sig(x) - 1) / 2 for x in (0.4, -1.2)]))
+    torch.testing.assert_close(wrong.grad, t([0.5 * sig(1.1)]))
+    torch.testing.assert_close(fake.grad, t([0.5 * sig(x) / 2 for x in (-0.3, 0.8)]))
+
+
+def test_g_loss_non_saturating_and_gradients():
+    fake = t([-2.0, 0.5, 1.0]).requires_grad_()
+    assert g_loss(fake).item() == pytest.approx(mean(map(bce1, [-2.0, 0.5, 1.0])))
+    fake_u = t([0.3, -0.1, 4.0]).requires_grad_()
+    loss = g_loss(fake, fake_u, uncond_weight=0.5)
+    expected = mean(map(bce1, [-2.0, 0.5, 1.0])) + 0.5 * mean(map(bce1, [0.3, -0.1, 4.0]))
+    assert loss.item() == pytest.approx(expected)
+    loss.backward()
+    torch.testing.assert_close(fake.grad, t([(sig(x) - 1) / 3 for x in (-2.0, 0.5, 1.0)]))
+    torch.testing.assert_close(fake_u.grad, t([0.5 * (sig(x) - 1) / 3 for x in (0.3, -0.1, 4.0)]))
+    # with weight 0 the unconditional head gets no gradient, the conditional one still does
+    fake.grad = fake_u.grad = None
+    g_loss(fake, fake_u, uncond_weight=0.0).backward()
+    assert torch.equal(fake_u.grad, torch.zeros(3, dtype=torch.float64))
+    assert (fake.grad < 0).all()
+    # non-saturating: a confidently rejected fake still gets a large gradient
+    x = t([-10.0]).requires_grad_()
+    g_loss(x).backward()
+    assert x.grad.abs().item() > 0.99
+
+
+def test_losses_promote_low_precision_logits():
+    x = torch.tensor([0.25, -0.5], dtype=torch.bfloat16)
+    assert g_loss(x).dtype == torch.float32
+    assert d_loss(x, x, x)[0].dtype == torch.float32
+
+
+def kl_1d(mu: float, logvar: float) -> float:
+    """KL(N(mu, s^2) || N(0, 1)) = log(1/s) + (s^2 + mu^2 - 1) / 2."""
+    s = math.exp(0.5 * logvar)
+    return math.log(1.0 / s) + (s * s + mu * mu - 1.0) / 2.0
+
+
+def test_kl_loss_matches_closed_form_and_is_a_mean_over_batch_and_dims():
+    mu = [[0.0, 1.0, -2.0], [0.5, 0.0, 3.0]]
+    logvar = [[0.0, -1.0, 0.7], [2.0, 0.3, -0.2]]
+    expected = mean(
+        kl_1d(m, v) for rm, rv in zip(mu, logvar, strict=True) for m, v in zip(rm, rv, strict=True)
+    )
+    assert kl_loss(t(mu), t(logvar)).item() == pytest.approx(expected)
+    assert kl_loss(torch.zeros(4, 8), torch.zeros(4, 8)).item() == 0.0
+    assert kl_loss(t(mu), t(logvar)).item() > 0
+
+
+def test_shift_mismatch_pairs_image_i_with_text_i_plus_1():
+    cond = torch.arange(12.0).reshape(4, 3)
+    wrong = mismatched_condition(cond, None, "shift")
+    assert wrong.shape == (3, 3)
+    for i in range(3):
+        assert torch.equal(wrong[i], cond[i + 1])
+    with pytest.raises(ValueError, match="at least 2"):
+        mismatched_condition(cond[:1], None, "shift")
+    with pytest.raises(ValueError, match="unknown mismatch mode"):
+        mismatched_condition(cond, None, "roll")
+
+
+def test_class_aware_mismatch_never_pairs_the_same_class():
+    class_ids = torch.tensor([0, 0, 1, 2, 2, 2])
+    cond = torch.arange(6.0)[:, None].repeat(1, 2)  # row value = source index
+    gen = torch.Generator().manual_seed(0)
+    seen = [set() for _ in range(6)]
+    for _ in range(200):
+        wrong = mismatched_condition(cond, class_ids, "class_aware", gen)
+        assert wrong.shape == cond.shape
+        src = wrong[:, 0].long()
+        assert (class_ids[src] != class_ids).all()
+        for i, j in enumerate(src.tolist()):
+            seen[i].add(j)
+    # every other-class sample is drawn for every row (uniform over the allowed partners)
+    for i in range(6):
+        assert seen[i] == {j for j in range(6) if class_ids[j] != class_ids[i]}
+    a = mismatched_condition(cond, class_ids, "class_aware", torch.Generator().manual_seed(7))
+    b = mismatched_condition(cond, class_ids, "class_aware", torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+
+
+def test_class_aware_mismatch_errors():
+    cond = torch.randn(3, 4)
+    with pytest.raises(ValueError, match="no sample of another class"):
+        mismatched_condition(cond, torch.tensor([5, 5, 5]), "class_aware")
+    with pytest.raises(ValueError, match="needs class_ids"):
+        mismatched_condition(cond, None, "class_aware")
+    with pytest.raises(ValueError, match="class_ids has 2 entries"):
+        mismatched_condition(cond, torch.tensor([0, 1]), "class_aware")

@@ -1,0 +1,296 @@
+"""StackGAN networks: parameter counts, shapes, conditioning, init, autocast, channels_last."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stackgan.config import ModelConfig
+from stackgan.networks import (
+    CondAugment,
+    DOutput,
+    Stage1Discriminator,
+    Stage1Generator,
+    Stage2Generator,
+    build_networks,
+    count_params,
+    d_condition,
+    init_weights,
+)
+from stackgan.networks.blocks import Bottleneck, UncondLogits
+
+ARCHES = ("paper", "pytorch")
+
+# Acceptance numbers of the spec (section 3.5), trainable params at ModelConfig defaults.
+EXPECTED_PARAMS = {
+    ("pytorch", 1): (10_301_248, 5_715_713),
+    ("paper", 1): (14_264_192, 4_029_824),
+    ("pytorch", 2): (26_290_080, 71_269_122),
+    ("paper", 2): (26_290_080, 48_603_520),
+}
+
+TINY = {"gf_dim": 16, "df_dim": 8, "cond_dim": 16, "d_text_dim": 16, "text_dim": 32, "z_dim": 8}
+
+
+def tiny_cfg(arch: str, **kw) -> ModelConfig:
+    return ModelConfig(arch=arch, **{**TINY, **kw})
+
+
+def cond_for(cfg: ModelConfig, emb: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    return d_condition(cfg, emb, mu)
+
+
+@pytest.mark.parametrize(("arch", "stage"), list(EXPECTED_PARAMS))
+def test_parameter_counts_match_the_references(arch, stage):
+    with torch.device("meta"):  # shapes only: no memory, no init cost
+        G, D = build_networks(ModelConfig(arch=arch), stage)
+    assert (count_params(G), count_params(D)) == EXPECTED_PARAMS[(arch, stage)]
+
+
+def test_count_params_trainable_only_and_buffers_excluded():
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))  # 16 + 8 params, 9 buffer values
+    assert count_params(net) == 24
+    net[0].requires_grad_(False)
+    assert count_params(net) == 8
+    assert count_params(net, trainable_only=False) == 24
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_stage1_shapes_and_wrong_pairs(arch):
+    torch.manual_seed(0)
+    cfg = tiny_cfg(arch)
+    G, D = build_networks(cfg, 1)
+    B = 4
+    emb, z = torch.randn(B, cfg.text_dim), torch.randn(B, cfg.z_dim)
+    img, mu, logvar = G(emb, z)
+    assert img.shape == (B, 3, 64, 64) and img.dtype == torch.float32
+    assert img.abs().max() <= 1.0
+    assert mu.shape == logvar.shape == (B, cfg.cond_dim)
+    cond = cond_for(cfg, emb, mu)
+    assert cond.shape == (B, cfg.text_dim if arch == "paper" else cfg.cond_dim)
+    for n_wrong in (B - 1, B):
+        out = D(img, cond, cond[:n_wrong])
+        assert isinstance(out, DOutput)
+        assert out.logits.shape == (B,) and out.wrong_logits.shape == (n_wrong,)
+        assert out.uncond_logits is None
+    out = D(img, cond)
+    assert out.wrong_logits is None and out.uncond_logits is None
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_stage2_shapes_and_uncond_head_per_preset(arch):
+    torch.manual_seed(0)
+    cfg = tiny_cfg(arch)
+    G, D = build_networks(cfg, 2)
+    B = 3
+    emb = torch.randn(B, cfg.text_dim)
+    low = torch.rand(B, 3, 64, 64) * 2 - 1
+    img, mu, logvar = G(low, emb)
+    assert img.shape == (B, 3, 256, 256) and img.abs().max() <= 1.0
+    assert mu.shape == logvar.shape == (B, cfg.cond_dim)
+    cond = cond_for(cfg, emb, mu)
+    out = D(img, cond, cond[1:])
+    assert out.logits.shape == (B,) and out.wrong_logits.shape == (B - 1,)
+    if arch == "pytorch":  # the preset default: PT Stage-II D has the extra head
+        assert out.uncond_logits.shape == (B,)
+    else:
+        assert out.uncond_logits is None
+    assert not any(isinstance(m, Stage1Generator) for m in G.modules())
+
+
+@pytest.mark.parametrize(("arch", "flag"), [("paper", True), ("pytorch", False)])
+def test_uncond_head_flag_is_honoured_for_either_arch(arch, flag):
+    cfg = tiny_cfg(arch, uncond_head=flag)
+    default = tiny_cfg(arch)
+    _, D = build_networks(cfg, 2)
+    _, D_default = build_networks(default, 2)
+    heads = [m for m in D.modules() if isinstance(m, UncondLogits)]
+    assert len(heads) == int(flag)
+    head_params = 8 * cfg.df_dim * 16 + (arch == "pytorch")  # 4x4 conv 8d -> 1 (+bias)
+    delta = count_params(D) - count_params(D_default)
+    assert delta == (head_params if flag else -head_params)
+    cond = torch.randn(2, cfg.text_dim if arch == "paper" else cfg.cond_dim)
+    out = D(torch.randn(2, 3, 256, 256), cond)
+    assert (out.uncond_logits is not None) == flag
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_wrong_logits_pair_image_rows_with_wrong_condition_rows(arch):
+    """Eval-mode BN makes rows independent, so the shared-feature wrong pass must equal a
+    plain pass on the first B' images with the wrong conditions."""
+    torch.manual_seed(1)
+    cfg = tiny_cfg(arch)
+    _, D = build_networks(cfg, 1)
+    D.eval()
+    B = 4
+    img = torch.randn(B, 3, 64, 64)
+    cond = torch.randn(B, cfg.text_dim if arch == "paper" else cfg.cond_dim)
+    out = D(img, cond, cond[1:])
+    ref = D(img[: B - 1], cond[1:])
+    torch.testing.assert_close(out.wrong_logits, ref.logits)
+    torch.testing.assert_close(D(img, cond, cond).wrong_logits, out.logits)
+    with pytest.raises(ValueError, match="wrong_cond has 5 rows"):
+        D(img, cond, torch.randn(B + 1, cond.shape[1]))
+
+
+@pytest.mark.parametrize(("arch", "stage"), [(a, s) for a in ARCHES for s in (1, 2)])
+def test_every_parameter_is_used_in_forward(arch, stage):
+    """DDP with find_unused_parameters=False needs a gradient for every parameter."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg(arch)
+    G, D = build_networks(cfg, stage)
+    B, size = 2, 64 * (1 if stage == 1 else 4)
+    emb = torch.randn(B, cfg.text_dim)
+    if stage == 1:
+        img, mu, logvar = G(emb, torch.randn(B, cfg.z_dim))
+    else:
+        img, mu, logvar = G(torch.randn(B, 3, 64, 64), emb)
+    (img.mean() + mu.mean() + logvar.mean()).backward()
+    out = D(torch.randn(B, 3, size, size), cond_for(cfg, emb, mu), cond_for(cfg, emb, mu)[1:])
+    sum(o.sum() for o in out if o is not None).backward()
+    for net in (G, D):
+        missing = [n for n, p in net.named_parameters() if p.grad is None]
+        assert not missing
+
+
+def test_paper_and_pytorch_discriminator_heads_differ_as_in_the_references():
+    paper, pt = (build_networks(tiny_cfg(a), 1)[1] for a in ARCHES)
+    assert isinstance(paper.cond_head.text_fc[0], nn.Linear)
+    assert paper.cond_head.text_fc[0].in_features == TINY["text_dim"]
+    assert isinstance(paper.cond_head.text_fc[1], nn.LeakyReLU)
+    assert paper.cond_head.joint[0].kernel_size == (1, 1)
+    assert pt.cond_head.text_fc is None and pt.cond_head.joint[0].kernel_size == (3, 3)
+    assert pt.cond_head.joint[0].in_channels == 8 * TINY["df_dim"] + TINY["cond_dim"]
+    assert sum(isinstance(m, Bottleneck) for m in paper.modules()) == 1
+    assert not any(isinstance(m, Bottleneck) for m in pt.modules())
+    with pytest.raises(ValueError, match="must equal cond_in_dim"):
+        Stage1Discriminator(df_dim=8, cond_in_dim=16, code_dim=8, arch="pytorch")
+    with pytest.raises(ValueError, match="unknown arch"):
+        Stage2Generator(
+            text_dim=8, cond_dim=8, gf_dim=8, r_num=0, arch="tf", ca_nonlinearity="relu"
+        )
+
+
+def test_d_condition_per_preset():
+    emb = torch.randn(2, 32)
+    mu = torch.randn(2, 16, requires_grad=True) * 1.0
+    assert d_condition(tiny_cfg("paper"), emb, mu) is emb
+    cond = d_condition(tiny_cfg("pytorch"), emb, mu)
+    assert not cond.requires_grad and torch.equal(cond, mu)
+
+
+# ---------------------------------------------------------------- conditioning augmentation
+
+
+def test_ca_relu_preset_gives_nonnegative_mu_and_logvar():
+    torch.manual_seed(0)
+    ca = init_weights(CondAugment(32, 16, "relu"))
+    nn.init.normal_(ca.fc.weight, 0.0, 0.5)  # wide enough that the FC output has both signs
+    c, mu, logvar = ca(torch.randn(64, 32))
+    assert c.shape == mu.shape == logvar.shape == (64, 16)
+    assert (mu >= 0).all() and (logvar >= 0).all()
+    assert (mu == 0).any() and (logvar == 0).any()  # the ReLU really clipped something
+
+
+def test_ca_leaky_log_sigma_reading_matches_the_tf_code():
+    torch.manual_seed(0)
+    ca = CondAugment(32, 16, "leaky_relu", log_sigma=True)
+    x = torch.randn(8, 32)
+    h = F.leaky_relu(x @ ca.fc.weight.T + ca.fc.bias, 0.2)
+    _, mu, logvar = ca(x)
+    torch.testing.assert_close(mu, h[:, :16])
+    torch.testing.assert_close(logvar, 2 * h[:, 16:])  # logvar = 2 log sigma
+    assert (logvar < 0).any()  # LeakyReLU lets negative log sigma through
+
+
+def test_ca_sampling_is_reparametrized_and_random_in_eval_too(monkeypatch):
+    torch.manual_seed(0)
+    ca = CondAugment(32, 16, "leaky_relu").eval()
+    x = torch.randn(4, 32)
+    c1, mu1, lv1 = ca(x)
+    c2, mu2, lv2 = ca(x)
+    assert torch.equal(mu1, mu2) and torch.equal(lv1, lv2)
+    assert not torch.allclose(c1, c2)  # fresh eps per call, also in eval mode
+    monkeypatch.setattr(ca, "sample_noise", torch.zeros_like)
+    c, mu, _ = ca(x)
+    assert torch.equal(c, mu)
+    monkeypatch.setattr(ca, "sample_noise", torch.ones_like)
+    c, mu, logvar = ca(x)
+    torch.testing.assert_close(c, mu + torch.exp(0.5 * logvar))
+
+
+def test_ca_truncated_noise_option():
+    torch.manual_seed(0)
+    eps = CondAugment(4, 2, "relu", noise="truncated").sample_noise(torch.empty(20000))
+    assert eps.abs().max() <= 2.0
+    assert 0.85 < eps.std().item() < 0.91  # std of N(0, 1) truncated at +-2 is 0.880
+    with pytest.raises(ValueError, match="unknown CA noise"):
+        CondAugment(4, 2, "relu", noise="uniform")
+
+
+# ---------------------------------------------------------------- init
+
+
+def test_init_statistics():
+    torch.manual_seed(0)
+    big = init_weights(nn.Sequential(nn.Conv2d(256, 256, 3), nn.Linear(512, 512)))
+    w = big[0].weight
+    assert abs(w.mean().item()) < 1e-3 and abs(w.std().item() - 0.02) < 5e-4
+    assert abs(big[1].weight.std().item() - 0.02) < 5e-4
+    assert torch.equal(big[1].bias, torch.zeros(512))
+    _, D = build_networks(ModelConfig(arch="paper", df_dim=32), 2)  # many BN channels
+    bns = [m for m in D.modules() if isinstance(m, nn.BatchNorm2d)]
+    gamma = torch.cat([m.weight.detach() for m in bns])
+    beta = torch.cat([m.bias.detach() for m in bns])
+    assert gamma.numel() > 3000
+    assert abs(gamma.mean().item() - 1.0) < 2e-3 and abs(gamma.std().item() - 0.02) < 2e-3
+    assert torch.equal(beta, torch.zeros_like(beta))
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_conv_biases_only_where_the_reference_has_them(arch):
+    cfg = tiny_cfg(arch)
+    for stage, expected in ((1, 1), (2, 2)):
+        G, D = build_networks(cfg, stage)
+        assert not [m for m in G.modules() if isinstance(m, nn.Conv2d) and m.bias is not None]
+        with_bias = [m for m in D.modules() if isinstance(m, nn.Conv2d) and m.bias is not None]
+        if arch == "paper":
+            assert not with_bias
+        else:  # the 4x4 stride-4 logit conv(s): cond (+ uncond in Stage-II)
+            assert len(with_bias) == expected
+            assert all(m.kernel_size == (4, 4) and m.stride == (4, 4) for m in with_bias)
+    # the generators' FC: bias in TF (paper), none in PT
+    G1 = build_networks(cfg, 1)[0]
+    assert (G1.fc[0].bias is not None) == (arch == "paper")
+
+
+# ---------------------------------------------------------------- precision and memory format
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_bf16_autocast_and_channels_last(arch):
+    torch.manual_seed(0)
+    cfg = tiny_cfg(arch)
+    G1, D1 = build_networks(cfg, 1)
+    G2, D2 = build_networks(cfg, 2)
+    for net in (G1, D1, G2, D2):
+        net.to(memory_format=torch.channels_last)
+    B = 2
+    emb, z = torch.randn(B, cfg.text_dim), torch.randn(B, cfg.z_dim)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low, mu, _ = G1(emb, z)
+        out1 = D1(low, cond_for(cfg, emb, mu), cond_for(cfg, emb, mu)[1:])
+        high, mu2, _ = G2(low, emb)
+        out2 = D2(high, cond_for(cfg, emb, mu2), cond_for(cfg, emb, mu2))
+    assert low.dtype == high.dtype == torch.bfloat16
+    assert high.shape == (B, 3, 256, 256)
+    for out in (out1, out2):
+        for t in out:
+            if t is not None:
+                assert t.dtype == torch.bfloat16 and torch.isfinite(t).all()
+    assert out2.wrong_logits.shape == (B,)
+    loss = sum(t.float().sum() for t in out2 if t is not None)
+    loss.backward()  # backward through channels_last bf16 works
+    assert all(p.grad is not None for p in D2.parameters())
