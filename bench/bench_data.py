@@ -47,7 +47,9 @@ def ensure_twin(workdir: Path, images: int, seed: int = 0) -> Path:
     if not (root / "twin.json").exists():
         print(f"# writing twin {root.name} ({classes * per_class} images) ...", flush=True)
         t0 = time.perf_counter()
-        spec = TwinSpec(num_classes=classes, images_per_class=per_class, seed=seed, min_side=300, max_side=500)
+        spec = TwinSpec(
+            num_classes=classes, images_per_class=per_class, seed=seed, min_side=300, max_side=500
+        )
         write_twin(spec, root, workers=os.cpu_count() or 1, progress=False)
         print(f"#   done in {time.perf_counter() - t0:.0f} s", flush=True)
     return root
@@ -85,7 +87,9 @@ class TreeRssSampler:
         self._thread.join()
 
 
-def run_build(root: Path, out: Path, workers: int, splits: list[str]) -> tuple[float, int, int, int]:
+def run_build(
+    root: Path, out: Path, workers: int, splits: list[str]
+) -> tuple[float, int, int, int]:
     """Run ``stackgan build-shards`` in a subprocess; return (seconds, images, peak tree RSS, peak single RSS)."""
     cmd = [
         sys.executable, "-m", "stackgan.data.shards", "--root", str(root), "--out", str(out),
@@ -98,7 +102,9 @@ def run_build(root: Path, out: Path, workers: int, splits: list[str]) -> tuple[f
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"build-shards failed:\n{err}")
-    images = sum(json.loads((out / f"{s}-64" / "manifest.json").read_text())["num_samples"] for s in splits)
+    images = sum(
+        json.loads((out / f"{s}-64" / "manifest.json").read_text())["num_samples"] for s in splits
+    )
     return seconds, images, sampler.peak_total, sampler.peak_single
 
 
@@ -110,15 +116,19 @@ def bench_preprocess(root: Path, workdir: Path, repeats: int) -> None:
             with tempfile.TemporaryDirectory(dir=workdir) as tmp:
                 seconds, images, _, _ = run_build(root, Path(tmp), workers, ["train", "test"])
             rates[workers].append(images / seconds)
-            print(f"  repeat {r}: {workers} process(es): {images} images in {seconds:.1f} s = {images / seconds:.1f} img/s")
+            print(
+                f"  repeat {r}: {workers} process(es): {images} images in {seconds:.1f} s = {images / seconds:.1f} img/s"
+            )
     ratios = [b / a for a, b in zip(rates[1], rates[2], strict=True)]
     m1, m2 = statistics.median(rates[1]), statistics.median(rates[2])
-    print(f"  median: 1 process {m1:.1f} img/s, 2 processes {m2:.1f} img/s; median of per-repeat ratios {statistics.median(ratios):.2f}x")
+    print(
+        f"  median: 1 process {m1:.1f} img/s, 2 processes {m2:.1f} img/s; median of per-repeat ratios {statistics.median(ratios):.2f}x"
+    )
 
 
 def bench_memory(roots: dict[int, Path], workdir: Path) -> None:
     print("\n## Peak RSS of build-shards (2 processes; sampled every 50 ms)")
-    for size, root in roots.items():
+    for root in roots.values():
         with tempfile.TemporaryDirectory(dir=workdir) as tmp:
             seconds, images, total, single = run_build(root, Path(tmp), 2, ["train", "test"])
         print(
@@ -130,7 +140,9 @@ def bench_memory(roots: dict[int, Path], workdir: Path) -> None:
 def bench_loader(root: Path, workdir: Path, repeats: int, batches: int) -> None:
     from stackgan.data.loader import spec_from_set, train_loader
 
-    print("\n## Loader throughput per worker process (decode + random crop + flip + caption choice)")
+    print(
+        "\n## Loader throughput per worker process (decode + random crop + flip + caption choice)"
+    )
     shard_dir = workdir / f"shards-{root.name}"
     if not (shard_dir / "train-256" / "manifest.json").exists():
         run_build(root, shard_dir, 2, ["train"])
@@ -140,22 +152,45 @@ def bench_loader(root: Path, workdir: Path, repeats: int, batches: int) -> None:
     for res in (64, 256):
         rates = []
         for r in range(repeats):
-            spec = spec_from_set(shard_dir / f"train-{res}", batch_size=64, num_workers=0, seed=r, caption_mode="mean4")
+            spec = spec_from_set(
+                shard_dir / f"train-{res}",
+                batch_size=64,
+                num_workers=0,
+                seed=r,
+                caption_mode="mean4",
+            )
             it = train_loader(spec, 0)
             next(it)  # fill the shuffle buffer outside the timing
             t0 = time.perf_counter()
             for _ in range(batches):
                 next(it)
             rates.append(batches * 64 / (time.perf_counter() - t0))
-        print(f"  train-{res}: median {statistics.median(rates):.0f} samples/s per worker ({', '.join(f'{x:.0f}' for x in rates)})")
+        print(
+            f"  train-{res}: median {statistics.median(rates):.0f} samples/s per worker ({', '.join(f'{x:.0f}' for x in rates)})"
+        )
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "stackgan-bench", help="cache for twins/shards")
-    p.add_argument("--sizes", type=int, nargs="+", default=[2000, 12000], help="twin sizes (images) for the memory test")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "stackgan-bench",
+        help="cache for twins/shards",
+    )
+    p.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[2000, 12000],
+        help="twin sizes (images) for the memory test",
+    )
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--loader-batches", type=int, default=30, help="batches of 64 per loader measurement")
+    p.add_argument(
+        "--loader-batches", type=int, default=30, help="batches of 64 per loader measurement"
+    )
     p.add_argument("--only", choices=("preprocess", "memory", "loader"), nargs="+")
     args = p.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "stackgan.data.shards",
         "crop, resize and write WebDataset shards + HDF5 index",
     ),
+    "summary": ("stackgan.summary", "parameter counts and FLOPs of both architecture presets"),
+    "train": ("stackgan.train", "train one stage (single process, torchrun or srun)"),
+    "generate": ("stackgan.generate", "images and a grid from a generator file and embeddings"),
+    "evaluate": ("stackgan.evaluate", "IS / FID / KID, sample grids and conditional accuracy"),
+    "track": (
+        "stackgan.track_cli",
+        "manage the pipeline's parent MLflow run (start/summary/finish/check)",
+    ),
+    "runs": ("stackgan.runs", "compare MLflow runs: params x final metrics"),
 }
 
 

@@ -13,7 +13,17 @@ from typing import Any
 
 from stackgan.fileio import sha256_bytes
 
-PACKAGES = ("torch", "numpy", "webdataset", "h5py", "mlflow", "torchmetrics", "snakemake", "pillow", "scipy")
+PACKAGES = (
+    "torch",
+    "numpy",
+    "webdataset",
+    "h5py",
+    "mlflow",
+    "torchmetrics",
+    "snakemake",
+    "pillow",
+    "scipy",
+)
 
 
 def git_info(path: str | Path | None = None) -> dict[str, Any]:
@@ -21,7 +31,12 @@ def git_info(path: str | Path | None = None) -> dict[str, Any]:
     where = Path(path) if path is not None else Path(__file__).resolve().parent
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10, check=True
+            ["git", "rev-parse", "HEAD"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
         status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],

@@ -29,6 +29,7 @@ import logging
 import math
 import signal
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,10 +238,17 @@ def training_loop(
     d_ddp: DDP | None = None
     if info.enabled:
         ids = [device.index] if device.type == "cuda" else None
-        g_run = DDP(G, device_ids=ids, broadcast_buffers=False, find_unused_parameters=False)
-        d_run = d_ddp = DDP(
-            D, device_ids=ids, broadcast_buffers=False, find_unused_parameters=False
-        )
+        with warnings.catch_warnings():
+            # broadcast_buffers=False (deprecated in favour of forward_sync_buffers) is the only
+            # switch that also skips the init-time buffer sync. We need that: a resumed rank
+            # restores its own BatchNorm buffers before wrapping.
+            warnings.filterwarnings(
+                "ignore", message=".*broadcast_buffers.*", category=FutureWarning
+            )
+            g_run = DDP(G, device_ids=ids, broadcast_buffers=False, find_unused_parameters=False)
+            d_run = d_ddp = DDP(
+                D, device_ids=ids, broadcast_buffers=False, find_unused_parameters=False
+            )
     if t.compile:
         g_run, d_run = torch.compile(g_run), torch.compile(d_run)
 
@@ -407,6 +415,7 @@ def training_loop(
 
     # Final snapshot: consistent BN statistics on every rank, then the network file.
     dist_utils.sync_buffers(G)
+    dist_utils.sync_buffers(D)
     if G_ema is not None:
         dist_utils.sync_buffers(G_ema)
     if resumed_from is None or resumed_from < n_total:

@@ -56,7 +56,9 @@ class AttributeClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if x.shape[-1] != 64 or x.shape[-2] != 64:
-            x = F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False, antialias=True)
+            x = F.interpolate(
+                x, size=(64, 64), mode="bilinear", align_corners=False, antialias=True
+            )
         h = self.features(x)
         return self.body(h), self.wing(h)
 
@@ -83,7 +85,9 @@ def class_attributes(index_path: str | Path) -> dict[int, tuple[int, int]]:
     table: dict[int, tuple[int, int]] = {}
     for cid, (body, wing) in zip(class_ids.tolist(), labels.tolist(), strict=True):
         if body < 0 or wing < 0:
-            raise ValueError(f"{index_path}: a caption of class {cid} names no body/wing colour (not a twin index?)")
+            raise ValueError(
+                f"{index_path}: a caption of class {cid} names no body/wing colour (not a twin index?)"
+            )
         table.setdefault(int(cid), (body, wing))
     return table
 
@@ -127,14 +131,26 @@ def train_classifier(
         "train_accuracy_last_epoch": correct / max(total, 1),
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    log.info("attribute classifier: %d steps, train accuracy %.3f", steps, report["train_accuracy_last_epoch"])
+    log.info(
+        "attribute classifier: %d steps, train accuracy %.3f",
+        steps,
+        report["train_accuracy_last_epoch"],
+    )
     return model, report
 
 
 def save_classifier(model: AttributeClassifier, path: str | Path, meta: dict[str, Any]) -> None:
     from stackgan.checkpoint import save
 
-    save({"format": CLASSIFIER_FORMAT, "state": model.state_dict(), "colours": list(COLOUR_NAMES), "meta": meta}, path)
+    save(
+        {
+            "format": CLASSIFIER_FORMAT,
+            "state": model.state_dict(),
+            "colours": list(COLOUR_NAMES),
+            "meta": meta,
+        },
+        path,
+    )
 
 
 def load_classifier(path: str | Path) -> AttributeClassifier:
@@ -142,7 +158,9 @@ def load_classifier(path: str | Path) -> AttributeClassifier:
 
     payload = load(path, expected_format=CLASSIFIER_FORMAT)
     if list(payload["colours"]) != list(COLOUR_NAMES):
-        raise ValueError(f"{path}: colour list {payload['colours']} differs from this version's {list(COLOUR_NAMES)}")
+        raise ValueError(
+            f"{path}: colour list {payload['colours']} differs from this version's {list(COLOUR_NAMES)}"
+        )
     model = AttributeClassifier()
     model.load_state_dict(payload["state"])
     return model.eval()
@@ -169,14 +187,20 @@ def accuracy(predicted: np.ndarray, wanted: np.ndarray) -> dict[str, float]:
     valid = (wanted >= 0).all(axis=1)
     for j, name in enumerate(ATTRIBUTES):
         ok = wanted[:, j] >= 0
-        out[f"{name}_accuracy"] = float((predicted[ok, j] == wanted[ok, j]).mean()) if ok.any() else float("nan")
+        out[f"{name}_accuracy"] = (
+            float((predicted[ok, j] == wanted[ok, j]).mean()) if ok.any() else float("nan")
+        )
         p_cap = np.bincount(wanted[ok, j], minlength=k) / max(ok.sum(), 1)
         p_pred = np.bincount(predicted[ok, j], minlength=k) / max(ok.sum(), 1)
         out[f"{name}_chance"] = float(p_cap @ p_pred)
     both = (predicted[valid] == wanted[valid]).all(axis=1)
     out["joint_accuracy"] = float(both.mean()) if valid.any() else float("nan")
-    pair_cap = np.bincount(wanted[valid, 0] * k + wanted[valid, 1], minlength=k * k) / max(valid.sum(), 1)
-    pair_pred = np.bincount(predicted[valid, 0] * k + predicted[valid, 1], minlength=k * k) / max(valid.sum(), 1)
+    pair_cap = np.bincount(wanted[valid, 0] * k + wanted[valid, 1], minlength=k * k) / max(
+        valid.sum(), 1
+    )
+    pair_pred = np.bincount(predicted[valid, 0] * k + predicted[valid, 1], minlength=k * k) / max(
+        valid.sum(), 1
+    )
     out["joint_chance"] = float(pair_cap @ pair_pred)
     out["count"] = int(valid.sum())
     return out

@@ -27,19 +27,27 @@ def test_presets_exist_and_resolve():
 
 
 def test_unknown_preset_lists_the_available_ones():
-    with pytest.raises(PipelineConfigError, match=r"unknown preset 'tiny'; available: .*demo.*paper.*smoke"):
+    with pytest.raises(
+        PipelineConfigError, match=r"unknown preset 'tiny'; available: .*demo.*paper.*smoke"
+    ):
         resolve({"preset": "tiny"})
 
 
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ({"train": {"batchsize": 8}}, r"train: Additional properties are not allowed \('batchsize'"),
+        (
+            {"train": {"batchsize": 8}},
+            r"train: Additional properties are not allowed \('batchsize'",
+        ),
         ({"data": {"sorce": "twin"}}, r"data: Additional properties are not allowed \('sorce'"),
         ({"model": {"arch": "tf"}}, r"model.arch: 'tf' is not one of"),
         ({"stages": [2]}, r"stages: Stage-II needs Stage-I"),
         ({"eval": {"stages": [1, 2]}, "stages": [1]}, r"eval.stages: \[2\] not trained"),
-        ({"resources": {"train_stage1": {"gpus": 8}}}, r"resources.train_stage1.gpus: 8 GPUs per node requested, but resources.gpus_per_node"),
+        (
+            {"resources": {"train_stage1": {"gpus": 8}}},
+            r"resources.train_stage1.gpus: 8 GPUs per node requested, but resources.gpus_per_node",
+        ),
         ({"train": {"lr_decay_factor": 0}}, r"train.lr_decay_factor"),
     ],
 )
@@ -51,7 +59,9 @@ def test_bad_configs_fail_with_the_key(override, message):
 def test_paper_preset_needs_cub_paths(tmp_path):
     with pytest.raises(PipelineConfigError, match=r"data.root: required for data.source 'cub'"):
         resolve({"preset": "paper"})
-    with pytest.raises(PipelineConfigError, match=r"data.bundle_dir: missing .*train/filenames.pickle"):
+    with pytest.raises(
+        PipelineConfigError, match=r"data.bundle_dir: missing .*train/filenames.pickle"
+    ):
         (tmp_path / "CUB_200_2011" / "images").mkdir(parents=True)
         for name in ("images.txt", "bounding_boxes.txt"):
             (tmp_path / "CUB_200_2011" / name).write_text("")
@@ -86,10 +96,28 @@ def test_every_preset_sets_only_known_keys():
 
 def test_launch_single_process_and_standalone():
     args = ["-m", "stackgan.train", "--config", "c.yaml"]
-    assert build_command(nodes=1, ranks_per_node=1, gpus_per_node=0, cpus_per_task=2, train_args=args, env={}, python="py") == ["py", *args]
-    cmd = build_command(nodes=1, ranks_per_node=4, gpus_per_node=4, cpus_per_task=8, train_args=args, env={}, python="py")
+    assert build_command(
+        nodes=1,
+        ranks_per_node=1,
+        gpus_per_node=0,
+        cpus_per_task=2,
+        train_args=args,
+        env={},
+        python="py",
+    ) == ["py", *args]
+    cmd = build_command(
+        nodes=1,
+        ranks_per_node=4,
+        gpus_per_node=4,
+        cpus_per_task=8,
+        train_args=args,
+        env={},
+        python="py",
+    )
     assert cmd[:4] == ["py", "-m", "torch.distributed.run", "--standalone"]
-    assert "--nproc-per-node=4" in cmd and any(a.startswith("--signals-to-handle=") and "SIGUSR1" in a for a in cmd)
+    assert "--nproc-per-node=4" in cmd and any(
+        a.startswith("--signals-to-handle=") and "SIGUSR1" in a for a in cmd
+    )
     assert cmd[-len(args) :] == args
 
 
@@ -98,11 +126,32 @@ def test_launch_multi_node_uses_srun_and_c10d(tmp_path):
     srun.write_text("#!/bin/sh\n")
     srun.chmod(0o755)
     env = {"SLURM_JOB_ID": "123456", "PATH": str(tmp_path)}
-    cmd = build_command(nodes=2, ranks_per_node=4, gpus_per_node=4, cpus_per_task=32, train_args=["-m", "x"], env=env, python="py")
+    cmd = build_command(
+        nodes=2,
+        ranks_per_node=4,
+        gpus_per_node=4,
+        cpus_per_task=32,
+        train_args=["-m", "x"],
+        env=env,
+        python="py",
+    )
     assert cmd[0] == "srun"
-    for flag in ("--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--cpus-per-task=32", "--gres=gpu:4", "--nnodes=2", "--rdzv-backend=c10d", "--rdzv-id=123456"):
+    for flag in (
+        "--nodes=2",
+        "--ntasks=2",
+        "--ntasks-per-node=1",
+        "--cpus-per-task=32",
+        "--gres=gpu:4",
+        "--nnodes=2",
+        "--rdzv-backend=c10d",
+        "--rdzv-id=123456",
+    ):
         assert flag in cmd, flag
-    assert any(a.startswith("--rdzv-endpoint=") and a.endswith(f":{rendezvous_port(123456)}") for a in cmd)
+    assert any(
+        a.startswith("--rdzv-endpoint=") and a.endswith(f":{rendezvous_port(123456)}") for a in cmd
+    )
     assert rendezvous_port(123456) == 29500 + 456
     with pytest.raises(SystemExit, match="not a SLURM job"):
-        build_command(nodes=2, ranks_per_node=1, gpus_per_node=0, cpus_per_task=1, train_args=["x"], env={})
+        build_command(
+            nodes=2, ranks_per_node=1, gpus_per_node=0, cpus_per_task=1, train_args=["x"], env={}
+        )

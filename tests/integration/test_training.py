@@ -1,0 +1,269 @@
+"""The training loop on tiny networks: learning signal, Stage-II freezing, guards, generate."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from stackgan.checkpoint import load_network
+from stackgan.config import ConfigError, RunConfig, from_dict
+from stackgan.distributed import DistInfo
+from stackgan.stages import build_stage
+from stackgan.training_loop import (
+    NonFiniteLossError,
+    check_runtime_config,
+    learning_rates,
+    training_loop,
+)
+from tests.helpers import python_cmd, run, run_config, train_args, write_config
+
+
+@pytest.fixture(scope="module")
+def stage1_network(tiny_shards, tmp_path_factory):
+    """A Stage-I network trained for 14 steps (2 epochs) on the tiny twin."""
+    tmp = tmp_path_factory.mktemp("s1")
+    cfg = write_config(tmp / "s1.yaml", run_config(1, epochs=2))
+    out = tmp / "net1.pt"
+    run(
+        python_cmd(
+            *train_args(
+                cfg,
+                tiny_shards / "train-64",
+                tmp / "work",
+                out,
+                "--metrics-out",
+                str(tmp / "m.json"),
+            )
+        )
+    )
+    return out, tmp
+
+
+def test_short_training_moves_losses_and_stays_finite(stage1_network):
+    out, tmp = stage1_network
+    rows = [json.loads(line) for line in (tmp / "work" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 15))
+    for key in (
+        "loss_d",
+        "loss_g",
+        "kl",
+        "d_real",
+        "d_wrong",
+        "d_fake",
+        "img_per_s",
+        "data_wait_frac",
+        "lr_g",
+    ):
+        assert all(math.isfinite(r[key]) for r in rows), key
+    assert (
+        len({round(r["loss_d"], 6) for r in rows}) > 5
+        and len({round(r["loss_g"], 6) for r in rows}) > 5
+    )
+    summary = json.loads((tmp / "m.json").read_text())
+    assert summary["steps"] == 14 and summary["global_batch"] == 4
+    payload = load_network(out)
+    assert payload["stage"] == 1 and payload["step"] == 14
+    # the weights moved away from their initialisation
+    torch.manual_seed(0)
+    fresh = build_stage(from_dict(RunConfig, run_config(1))).G
+    moved = [
+        not torch.equal(fresh.state_dict()[k], v)
+        for k, v in payload["G"].items()
+        if v.is_floating_point()
+    ]
+    assert all(moved)
+
+
+def _batches(shard_dir, cfg, nan_at=None):
+    from stackgan.data.loader import spec_from_set, train_loader
+
+    spec = spec_from_set(
+        shard_dir, batch_size=cfg.train.batch_size, num_workers=0, caption_mode="mean4"
+    )
+
+    def make(start):
+        for batch in train_loader(spec, start):
+            if nan_at is not None and int(batch["step"]) == nan_at:
+                batch["emb"][0, 0] = float("nan")
+            yield batch
+
+    return spec.steps_per_epoch, make
+
+
+@pytest.mark.parametrize("frozen_bn", ["eval", "train"])
+def test_stage2_keeps_stage1_frozen(stage1_network, tiny_shards, tmp_path, frozen_bn):
+    cfg = from_dict(RunConfig, run_config(2, max_steps=3, frozen_stage1_bn=frozen_bn))
+    torch.manual_seed(0)
+    stage = build_stage(cfg, stage1_network[0])
+    g1_before = {k: v.clone() for k, v in stage.frozen_g1.state_dict().items()}
+    g1_params = {id(p) for p in stage.frozen_g1.parameters()}
+    assert all(not p.requires_grad for p in stage.frozen_g1.parameters())
+    seen_opt_params: list[set[int]] = []
+    real_adam = torch.optim.Adam
+
+    def spy_adam(params, *args, **kwargs):
+        params = list(params)
+        seen_opt_params.append({id(p) for p in params})
+        return real_adam(params, *args, **kwargs)
+
+    steps, make = _batches(tiny_shards / "train-256", cfg)
+    torch.optim.Adam = spy_adam  # type: ignore[misc]
+    try:
+        training_loop(
+            cfg=cfg,
+            stage=stage,
+            make_data=make,
+            steps_per_epoch=steps,
+            workdir=tmp_path / "w",
+            out_network=tmp_path / "n2.pt",
+            info=DistInfo(),
+        )
+    finally:
+        torch.optim.Adam = real_adam  # type: ignore[misc]
+    assert len(seen_opt_params) == 2 and all(not (s & g1_params) for s in seen_opt_params)
+    after = stage.frozen_g1.state_dict()
+    for name, before in g1_before.items():
+        is_stat = "running_" in name or "num_batches" in name
+        if frozen_bn == "train" and is_stat:
+            continue  # the reference's train-mode BN drift changes statistics, never weights
+        assert torch.equal(before, after[name]), name
+    if frozen_bn == "train":
+        assert any(
+            not torch.equal(g1_before[k], after[k]) for k in g1_before if "running_mean" in k
+        )
+    payload = load_network(tmp_path / "n2.pt")
+    assert payload["stage"] == 2 and "G1" in payload and payload["stage1"]["sha256"]
+
+
+def test_non_finite_loss_names_the_step(tiny_shards, tmp_path):
+    cfg = from_dict(RunConfig, run_config(1, max_steps=6))
+    torch.manual_seed(0)
+    stage = build_stage(cfg)
+    steps, make = _batches(tiny_shards / "train-64", cfg, nan_at=3)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 3 \(epoch 0\)"):
+        training_loop(
+            cfg=cfg,
+            stage=stage,
+            make_data=make,
+            steps_per_epoch=steps,
+            workdir=tmp_path,
+            out_network=tmp_path / "n.pt",
+            info=DistInfo(),
+        )
+    assert not (tmp_path / "n.pt").exists()
+
+
+def test_impossible_configs_fail_before_compute(tiny_shards, stage1_network, tmp_path):
+    cases = [
+        (
+            run_config(2),
+            tiny_shards / "train-256",
+            [],
+            "Stage-II needs the Stage-I generator|--stage1-generator is required",
+        ),
+        (
+            run_config(1),
+            tiny_shards / "train-256",
+            [],
+            "holds 256 px images; Stage-1 trains on 64 px",
+        ),
+        (run_config(1, bn="sync"), tiny_shards / "train-64", [], "SyncBatchNorm\\) needs CUDA"),
+        (
+            run_config(1, amp="fp16"),
+            tiny_shards / "train-64",
+            [],
+            "'fp16' with GradScaler needs CUDA",
+        ),
+        (run_config(1, bogus=1), tiny_shards / "train-64", [], r"unknown key\(s\) \['bogus'\]"),
+        (
+            run_config(2),
+            tiny_shards / "train-256",
+            ["--stage1-generator", str(tmp_path / "missing.pt")],
+            "missing.pt not found",
+        ),
+        (
+            run_config(1, batch_size=64),
+            tiny_shards / "train-64",
+            [],
+            "cannot fill one global batch",
+        ),
+    ]
+    for i, (cfg, data, extra, message) in enumerate(cases):
+        path = write_config(tmp_path / f"c{i}.yaml", cfg)
+        proc = run(
+            python_cmd(*train_args(path, data, tmp_path / f"w{i}", tmp_path / f"n{i}.pt", *extra)),
+            check=False,
+        )
+        assert proc.returncode == 2, (message, proc.stderr[-2000:])
+        assert re.search(message, proc.stderr), (message, proc.stderr[-2000:])
+        assert not (tmp_path / f"w{i}" / "metrics.jsonl").exists()  # no step was taken
+
+
+def test_runtime_config_checks_directly():
+    with pytest.raises(ConfigError, match="needs CUDA"):
+        check_runtime_config(from_dict(RunConfig, run_config(1, bn="sync")), torch.device("cpu"))
+
+
+def test_learning_rate_schedule():
+    cfg = from_dict(
+        RunConfig, {"stage": 1, "train": {"lr_decay_epochs": 100, "lr_g": 2e-4, "lr_d": 1e-4}}
+    )
+    assert learning_rates(cfg, 0) == (2e-4, 1e-4)
+    assert learning_rates(cfg, 99) == (2e-4, 1e-4)
+    assert learning_rates(cfg, 100) == (1e-4, 5e-5)
+    assert learning_rates(cfg, 599)[0] == pytest.approx(
+        2e-4 * 0.5**5
+    )  # paper: 5 halvings in 600 epochs
+
+
+def test_generate_is_deterministic(stage1_network, tiny_shards, tmp_path):
+    net = stage1_network[0]
+    outs = []
+    for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
+        args = [
+            "--network",
+            str(net),
+            "--embeddings",
+            str(tiny_shards / "test-index.h5"),
+            "--limit",
+            "3",
+            "--samples",
+            "2",
+            "--seed",
+            seed,
+            "--out",
+            str(tmp_path / name),
+        ]
+        run(python_cmd("-m", "stackgan.generate", *args))
+        outs.append({p.name: p.read_bytes() for p in sorted((tmp_path / name).glob("*.png"))})
+    assert len(outs[0]) == 7  # 3 embeddings x 2 samples + grid
+    assert outs[0] == outs[1]
+    assert outs[0]["00000_0.png"] != outs[2]["00000_0.png"]
+    assert outs[0]["00000_0.png"] != outs[0]["00000_1.png"]
+
+
+def test_generate_from_npy(stage1_network, tmp_path):
+    emb = np.random.default_rng(0).standard_normal((2, 1024)).astype(np.float32)
+    np.save(tmp_path / "e.npy", emb)
+    run(
+        python_cmd(
+            "-m",
+            "stackgan.generate",
+            "--network",
+            str(stage1_network[0]),
+            "--embeddings",
+            str(tmp_path / "e.npy"),
+            "--out",
+            str(tmp_path / "g"),
+        )
+    )
+    assert sorted(p.name for p in (tmp_path / "g").glob("*.png")) == [
+        "00000_0.png",
+        "00001_0.png",
+        "grid.png",
+    ]
