@@ -8,6 +8,7 @@ configuration fails before any job is submitted, with a message naming the key.
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -210,3 +211,26 @@ def resolve(user: dict[str, Any]) -> Settings:
     results = config["results_dir"].rstrip("/")
     dataset = "twin" if config["data"]["source"] == "twin" else "cub"
     return Settings(config, f"{results}/{config['run']}", f"{results}/data/{dataset}", run_configs)
+
+
+def prepare_rule_environment(source_dir: str, python: str | None) -> None:
+    """Let rule shells run ``python -m stackgan ...`` from this source tree.
+
+    Puts ``source_dir`` first on ``PYTHONPATH``; with ``python`` given (no conda), also puts
+    that interpreter's directory first on ``PATH``. Jobs inherit the environment.
+    """
+    parts = [
+        source_dir,
+        *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != source_dir),
+    ]
+    os.environ["PYTHONPATH"] = os.pathsep.join(parts)
+    if python is not None:
+        bindir = os.path.dirname(python)
+        rest = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != bindir]
+        os.environ["PATH"] = os.pathsep.join([bindir, *rest])
+
+
+def resolve_tracking_uri(configured: str | None, run_dir: str) -> str:
+    """Config value, else ``$MLFLOW_TRACKING_URI``, else sqlite in the run directory."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or "sqlite:///" + os.path.abspath(os.path.join(run_dir, "mlflow.db"))

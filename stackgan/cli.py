@@ -22,6 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("stackgan.train", "train one stage (single process, torchrun or srun)"),
     "generate": ("stackgan.generate", "images and a grid from a generator file and embeddings"),
     "evaluate": ("stackgan.evaluate", "IS / FID / KID, sample grids and conditional accuracy"),
+    "attr-classifier": (
+        "stackgan.metrics.conditional",
+        "train the twin colour classifier used by the conditional-accuracy score",
+    ),
     "track": (
         "stackgan.track_cli",
         "manage the pipeline's parent MLflow run (start/summary/finish/check)",

@@ -11,7 +11,7 @@ BASEDIR = workflow.basedir
 if BASEDIR not in sys.path:
     sys.path.insert(0, BASEDIR)
 
-from pipeline.settings import PipelineConfigError, resolve  # noqa: E402
+from pipeline.settings import PipelineConfigError, prepare_rule_environment, resolve, resolve_tracking_uri  # noqa: E402
 
 try:
     S = resolve(config)
@@ -26,20 +26,20 @@ RUN = S.run_dir
 DATA = S.data_dir
 SHARDS = f"{DATA}/shards"
 RAW = S.raw_root
-# Rules run the project's CLIs with this source tree first on the import path, in the
-# current environment or in the rule's conda environment.
-PY = f"env PYTHONPATH={shlex.quote(BASEDIR)} python"
-STACKGAN = f"{PY} -m stackgan"
+# Rules call the project's CLIs as `python -m stackgan ...` / `python -m pipeline...`: this
+# source tree goes first on the import path, and without conda the interpreter running
+# Snakemake (e.g. .venv/bin) goes first on PATH. Under --software-deployment-method conda,
+# the rule's environment is activated on top, so its `python` wins. SLURM jobs inherit the
+# environment (--export=ALL) and re-run this file, which sets the same values.
+USE_CONDA = any("conda" in str(m).lower() for m in workflow.deployment_settings.deployment_method)
+prepare_rule_environment(BASEDIR, None if USE_CONDA else sys.executable)
 CONDA_PRE = "../../envs/preprocess.yaml"
 CONDA_TRAIN = "../../envs/train.yaml"
 
 
 def tracking_uri():
     """Configured URI, else $MLFLOW_TRACKING_URI, else sqlite in the run directory."""
-    configured = config["mlflow"].get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
-    if configured:
-        return configured
-    return "sqlite:///" + os.path.abspath(f"{RUN}/mlflow.db")
+    return resolve_tracking_uri(config["mlflow"].get("tracking_uri"), RUN)
 
 
 def raw_data_args():
@@ -81,3 +81,86 @@ def tracking_args(run_name):
         f"--run-name {shlex.quote(run_name)}"
         + ("" if config["mlflow"].get("system_metrics", True) else " --no-system-metrics")
     )
+
+
+def eval_resources():
+    """Resources of the evaluation rules (GPU via `gpu` when configured)."""
+    r = config["resources"]["evaluate"]
+    res = {"mem_mb": r["mem_mb"], "runtime": r["runtime"], "cpus_per_task": r["cpus_per_task"]}
+    if r["gpus"] > 0:
+        res["gpu"] = r["gpus"]
+    return res
+
+
+def raw_inputs(wildcards):
+    """The twin's completion marker, or the real CUB/bundle files (checked when parsing)."""
+    if S.twin:
+        return [f"{RAW}/twin.json"]
+    names = ("filenames.pickle", "class_info.pickle", "char-CNN-RNN-embeddings.pickle")
+    return [
+        f"{S.cub_dir()}/images.txt",
+        f"{S.cub_dir()}/bounding_boxes.txt",
+        *(f"{S.bundle_dir()}/{split}/{name}" for split in ("train", "test") for name in names),
+    ]
+
+
+def stage1_network(wildcards):
+    """Stage-II's starting point: this run's Stage-I network, or a configured existing one."""
+    return config.get("stage1_generator") or f"{RUN}/stage1/network-final.pt"
+
+
+def set_dir(path):
+    """The shard-set directory of a manifest path."""
+    return os.path.dirname(path)
+
+
+EVAL = config["eval"]
+HAVE_WEIGHTS = bool(EVAL.get("inception_weights"))
+COND_ACC = bool(EVAL.get("conditional_accuracy")) and S.twin
+
+
+def eval_inputs(wildcards):
+    inputs = {
+        "network": f"{RUN}/stage{wildcards.stage}/network-final.pt",
+        "index": f"{SHARDS}/test-index.h5",
+        "parent": f"{RUN}/mlflow/parent_run_id.txt",
+    }
+    if HAVE_WEIGHTS:
+        inputs["real"] = f"{DATA}/fid/real-test-256.h5"
+    if COND_ACC:
+        inputs["classifier"] = f"{DATA}/attribute_classifier.pt"
+    return inputs
+
+
+def eval_args(wildcards, input):
+    """`stackgan evaluate` options from the eval config section."""
+    args = [
+        f"--captions-per-image {EVAL.get('captions_per_image', 10)}",
+        f"--batch-size {EVAL.get('batch_size', 64)}",
+        f"--seed {EVAL.get('seed', 100)}",
+        f"--is-splits {EVAL.get('is_splits', 10)}",
+        f"--kid-subsets {EVAL.get('kid_subsets', 100)}",
+        f"--kid-subset-size {EVAL.get('kid_subset_size', 1000)}",
+        f"--grid-captions {EVAL.get('grid_captions', 6)}",
+        f"--grid-samples {EVAL.get('grid_samples', 4)}",
+    ]
+    if EVAL.get("max_images"):
+        args.append(f"--max-images {EVAL['max_images']}")
+    if not EVAL.get("use_ema", True):
+        args.append("--no-ema")
+    if EVAL.get("require_metrics"):
+        args.append("--require-metrics")
+    if HAVE_WEIGHTS:
+        args += [f"--inception-weights {shlex.quote(EVAL['inception_weights'])}", f"--real-stats {input.real}"]
+        if EVAL.get("inception_sha256"):
+            args.append(f"--inception-sha256 {EVAL['inception_sha256']}")
+        if EVAL.get("cub_classifier"):
+            args.append(f"--cub-classifier {shlex.quote(EVAL['cub_classifier'])}")
+    if COND_ACC:
+        args.append(f"--attribute-classifier {input.classifier}")
+    return " ".join(args)
+
+
+def eval_launch(wildcards):
+    r = config["resources"]["evaluate"]
+    return f"--nodes 1 --ranks-per-node {max(1, r['gpus'])} --gpus-per-node {r['gpus']} --cpus-per-task {r['cpus_per_task']}"

@@ -7,9 +7,9 @@ if S.twin:
         output:
             f"{RAW}/twin.json",
         params:
+            out=lambda w, output: os.path.dirname(output[0]),
             twin=config["data"]["twin"],
-            out=RAW,
-            extra=" ".join(
+            sides=" ".join(
                 f"--{k.replace('_', '-')} {config['data']['twin'][k]}"
                 for k in ("min_side", "max_side")
                 if k in config["data"]["twin"]
@@ -23,20 +23,9 @@ if S.twin:
         conda:
             CONDA_PRE
         shell:
-            "{STACKGAN} make-twin --out {params.out} --classes {params.twin[classes]} "
+            "python -m stackgan make-twin --out {params.out} --classes {params.twin[classes]} "
             "--images-per-class {params.twin[images_per_class]} --seed {params.twin[seed]} "
-            "{params.extra} --workers {threads} 2>&1 | tee {log}"
-
-
-def raw_inputs(wildcards):
-    """The twin's completion marker, or the real CUB/bundle files (checked when parsing)."""
-    if S.twin:
-        return [f"{RAW}/twin.json"]
-    return [
-        f"{S.cub_dir()}/images.txt",
-        f"{S.cub_dir()}/bounding_boxes.txt",
-        *(f"{S.bundle_dir()}/{s}/{n}" for s in ("train", "test") for n in ("filenames.pickle", "class_info.pickle", "char-CNN-RNN-embeddings.pickle")),
-    ]
+            "{params.sides} --workers {threads} 2>&1 | tee {log}"
 
 
 rule validate_data:
@@ -55,7 +44,8 @@ rule validate_data:
     conda:
         CONDA_PRE
     shell:
-        "{STACKGAN} validate-data {params.paths} --on-bad-image {params.on_bad} --report {output} > {log} 2>&1"
+        "python -m stackgan validate-data {params.paths} --on-bad-image {params.on_bad} "
+        "--report {output} > {log} 2>&1"
 
 
 rule build_shards:
@@ -69,7 +59,7 @@ rule build_shards:
         split="train|test",
     params:
         paths=raw_data_args(),
-        out=SHARDS,
+        out=lambda w, output: os.path.dirname(output.index),
         opts=" ".join(f"--{k.replace('_', '-')} {v}" for k, v in sorted(config["data"]["shards"].items())),
     log:
         f"{DATA}/logs/build_shards_{{split}}.log",
@@ -80,5 +70,5 @@ rule build_shards:
     conda:
         CONDA_PRE
     shell:
-        "{STACKGAN} build-shards {params.paths} --out {params.out} --splits {wildcards.split} "
+        "python -m stackgan build-shards {params.paths} --out {params.out} --splits {wildcards.split} "
         "{params.opts} --workers {threads} 2>&1 | tee {log}"

@@ -19,7 +19,7 @@ rule mlflow_parent:
     conda:
         CONDA_TRAIN
     shell:
-        "{STACKGAN} track start-parent --tracking-uri {params.uri:q} --experiment {params.experiment:q} "
+        "python -m stackgan track start-parent --tracking-uri {params.uri:q} --experiment {params.experiment:q} "
         "--run-name {params.run:q} --tag preset={params.preset} --tag dataset={params.dataset} "
         "--tag stage=pipeline --out {output} > {log} 2>&1"
 
@@ -36,7 +36,7 @@ rule write_run_config:
     conda:
         CONDA_TRAIN
     shell:
-        "{PY} -m pipeline.write_run_config --json {params.cfg:q} --out {output} > {log} 2>&1"
+        "python -m pipeline.write_run_config --json {params.cfg:q} --out {output} > {log} 2>&1"
 
 
 rule train_stage1:
@@ -51,7 +51,7 @@ rule train_stage1:
         curve=report(f"{RUN}/stage1/loss_curves.png", caption="../report/loss_curves.rst", category="Training", subcategory="Stage-I"),
         grid=report(f"{RUN}/stage1/samples.png", caption="../report/train_samples.rst", category="Training", subcategory="Stage-I"),
     params:
-        data=f"{SHARDS}/train-64",
+        data=lambda w, input: set_dir(input.data),
         workdir=f"{RUN}/work/stage1",
         launch=launch_args(1),
         tracking=tracking_args("stage1"),
@@ -63,14 +63,10 @@ rule train_stage1:
     conda:
         CONDA_TRAIN
     shell:
-        "{PY} -m pipeline.launch {params.launch} -- -m stackgan.train --config {input.cfg} --data {params.data} "
+        "python -m pipeline.launch {params.launch} -- -m stackgan.train --config {input.cfg} --data {params.data} "
         "--workdir {params.workdir} --out {output.network} --metrics-out {output.metrics} "
         "--loss-curve {output.curve} --grid-out {output.grid} --grid-index {input.index} "
         "--parent-run-id-file {input.parent} {params.tracking} 2>&1 | tee {log}"
-
-
-def stage1_network(wildcards):
-    return config.get("stage1_generator") or f"{RUN}/stage1/network-final.pt"
 
 
 rule train_stage2:
@@ -86,7 +82,7 @@ rule train_stage2:
         curve=report(f"{RUN}/stage2/loss_curves.png", caption="../report/loss_curves.rst", category="Training", subcategory="Stage-II"),
         grid=report(f"{RUN}/stage2/samples.png", caption="../report/train_samples.rst", category="Training", subcategory="Stage-II"),
     params:
-        data=f"{SHARDS}/train-256",
+        data=lambda w, input: set_dir(input.data),
         workdir=f"{RUN}/work/stage2",
         launch=launch_args(2),
         tracking=tracking_args("stage2"),
@@ -98,7 +94,7 @@ rule train_stage2:
     conda:
         CONDA_TRAIN
     shell:
-        "{PY} -m pipeline.launch {params.launch} -- -m stackgan.train --config {input.cfg} --data {params.data} "
+        "python -m pipeline.launch {params.launch} -- -m stackgan.train --config {input.cfg} --data {params.data} "
         "--workdir {params.workdir} --out {output.network} --metrics-out {output.metrics} "
         "--stage1-generator {input.stage1} --loss-curve {output.curve} --grid-out {output.grid} "
         "--grid-index {input.index} --parent-run-id-file {input.parent} {params.tracking} 2>&1 | tee {log}"
