@@ -217,8 +217,10 @@ def _conditional(arrays: dict[str, np.ndarray], requests: Any) -> dict[str, floa
 
 def run(args: argparse.Namespace) -> int:
     from stackgan.checkpoint import CheckpointError
+    from stackgan.runtime import tune_allocator
     from stackgan.sampling import Sampler
 
+    tune_allocator()
     rank, _, _ = dist_utils.env_ranks()
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING,

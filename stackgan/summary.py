@@ -2,7 +2,8 @@
 
 FLOPs come from :class:`torch.utils.flop_counter.FlopCounterMode` (matmuls and
 convolutions, forward and backward; one multiply-add = 2 FLOPs; BatchNorm, activations,
-up-sampling and losses are not counted). FLOP counts depend only on shapes, so by default
+up-sampling and losses are not counted). They are the architecture's nominal FLOPs: the
+fused upsample+conv kernel used in training executes fewer (see ``UpBlock``). FLOP counts depend only on shapes, so by default
 the networks are built and run on the ``meta`` device: no memory, no compute, exact counts
 for full-size networks in well under a second (``--device cpu`` really runs them).
 """
@@ -21,6 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from stackgan.config import ConfigError, GStepFakes, LossConfig, ModelConfig, to_dict
 from stackgan.losses import d_loss, g_loss, kl_loss, mismatched_condition
 from stackgan.networks import build_networks, count_params, d_condition
+from stackgan.networks.blocks import set_fused_upsampling
 
 NETWORKS: dict[str, str] = {
     "stage1_g": "Stage-I G",
@@ -58,6 +60,7 @@ def network_flops(model_cfg: ModelConfig, batch: int = 2, device: str = "meta") 
     for stage, size in ((1, 64), (2, 256)):
         with torch.device(device):
             G, D = build_networks(model_cfg, stage)
+        set_fused_upsampling(G, False)  # count the architecture's nominal convolutions
         with torch.no_grad():
             if stage == 1:
                 g_flops = count_flops(lambda G=G: G(emb, z))
@@ -108,6 +111,9 @@ def training_step_flops(
     with torch.device(device):
         G, D = build_networks(model_cfg, stage)
         G1 = build_networks(model_cfg, 1)[0].requires_grad_(False) if stage == 2 else None
+    for net in (G, G1):
+        if net is not None:
+            set_fused_upsampling(net, False)  # nominal FLOPs (the fused kernel does 4/9 of them)
     emb, z = _inputs(model_cfg, batch, device)
     real = torch.randn(batch, 3, size, size, device=device)  # [B, 3, S, S]
 

@@ -227,11 +227,13 @@ def _read_history(path: Path) -> list[tuple[int, dict[str, float]]]:
 def run(args: argparse.Namespace) -> int:
     """Validate, set up the process group, train, write outputs. Returns the exit code."""
     from stackgan.data.loader import spec_from_set, train_loader
+    from stackgan.runtime import tune_allocator
     from stackgan.stages import build_stage
     from stackgan.training_loop import NonFiniteLossError, Preempted, StopFlag, training_loop
 
     rank, _, _ = dist_utils.env_ranks()
     _setup_logging(rank)
+    tune_allocator()
     try:
         cfg = RunConfig.from_yaml(str(args.config))
         if args.max_steps is not None:

@@ -19,6 +19,7 @@ protocol=2)`` for the types the bundle contains; the synthetic twin uses it.
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import os
 import pickle
@@ -186,6 +187,11 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         self._fh, self._path, self._lazy_min = fh, path, lazy_min_bytes
 
     def find_class(self, module: str, name: str) -> Any:
+        if self.proto < 3:  # Python 2 names -> Python 3 (what fix_imports does in the stdlib)
+            if (module, name) in _compat_pickle.NAME_MAPPING:
+                module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+            elif module in _compat_pickle.IMPORT_MAPPING:
+                module = _compat_pickle.IMPORT_MAPPING[module]
         key = (module, name)
         if key in _RECONSTRUCT:
             path = self._path

@@ -8,9 +8,10 @@ up-sampling is nearest-neighbour x2.
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 Act = Literal["relu", "leaky_relu"]
@@ -48,14 +49,53 @@ def make_act(act: Act | None) -> nn.Module:
     raise ValueError(f"unknown activation {act!r}; expected 'relu' or 'leaky_relu'")
 
 
-def conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, bias: bool = False) -> nn.Conv2d:
+def conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, bias: bool = False) -> Conv2d:
     """A 2-D convolution with TF ``SAME`` padding for the sizes used here.
 
     Padding (kernel - stride) // 2: 3x3/1 and 1x1/1 keep the size, 4x4/2 halves it
     (padding 1, as in StackGAN-Pytorch), 4x4/4 is the 4x4 -> 1x1 logit convolution.
     """
     padding = max(kernel - stride, 0) // 2
-    return nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=padding, bias=bias)
+    return Conv2d(in_ch, out_ch, kernel, stride=stride, padding=padding, bias=bias)
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` (same parameters and state dict) that runs as unfold + matmul on CPU
+    when the weight is huge and the output tiny.
+
+    Stage-II D's 4x4 convolutions on 8x8 and 4x4 maps (2048x1024x4x4, 33.5 M weights) at
+    batch 8 are a GEMM with only ``batch x Ho x Wo`` rows, where oneDNN's convolution
+    is ~2x slower than MKL's matmul on the unfolded input (forward + backward, measured
+    on a 2-core AVX-512 CPU). Results agree up to float rounding; every other shape, and
+    every non-CPU device, uses the regular convolution.
+    """
+
+    MATMUL_MAX_ROWS = 256  # batch x Ho x Wo
+    MATMUL_MIN_WEIGHTS = 1 << 24
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            x.device.type != "cpu"
+            or self.groups != 1
+            or self.dilation != (1, 1)
+            or not x.is_contiguous()
+        ):
+            return super().forward(x)
+        if self.weight.numel() < self.MATMUL_MIN_WEIGHTS or self.padding_mode != "zeros":
+            return super().forward(x)
+        b, _, h, w = x.shape
+        kh, kw = self.kernel_size
+        ho = (h + 2 * self.padding[0] - kh) // self.stride[0] + 1  # type: ignore[index]
+        wo = (w + 2 * self.padding[1] - kw) // self.stride[1] + 1  # type: ignore[index]
+        if b * ho * wo > self.MATMUL_MAX_ROWS:
+            return super().forward(x)
+        cols = F.unfold(
+            x, self.kernel_size, padding=self.padding, stride=self.stride
+        )  # [B, C*kh*kw, Ho*Wo]
+        out = self.weight.reshape(self.out_channels, -1) @ cols  # [B, out, Ho*Wo]
+        if self.bias is not None:
+            out = out + self.bias[:, None]
+        return out.reshape(b, self.out_channels, ho, wo)
 
 
 class ConvBlock(nn.Sequential):
@@ -79,14 +119,100 @@ class ConvBlock(nn.Sequential):
         super().__init__(*layers)
 
 
+class Upsample2x(nn.Module):
+    """Nearest-neighbour x2 upsampling (same values as ``nn.Upsample(scale_factor=2)``).
+
+    For NCHW-contiguous inputs it is written as broadcast + reshape: torch 2.13's CPU
+    nearest-upsample kernel is 3-4x slower than that in NCHW (it is fast only in
+    channels_last, where ``F.interpolate`` is used). The gradient is computed as 4 x a 2x2
+    average pool, which agrees with ``F.interpolate``'s up to float rounding.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            return F.interpolate(x, scale_factor=2, mode="nearest")
+        return _NearestUp2.apply(x)
+
+
+class _NearestUp2(torch.autograd.Function):
+    """x2 nearest upsampling by broadcast; its gradient (each 2x2 block's sum) as 4 x avg-pool."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        up = x[:, :, :, None, :, None].expand(b, c, h, 2, w, 2)
+        return up.reshape(b, c, 2 * h, 2 * w)  # [B, C, 2H, 2W]
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(grad, 2) * 4.0  # [B, C, H, W]
+
+
+def upsample2x_conv3x3(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``conv3x3(nearest_upsample_x2(x))`` (padding 1) without materialising the upsampled map.
+
+    Each output phase (row parity, column parity) sees only a 2x2 neighbourhood of the
+    low-resolution input, so the 3x3 kernel folds into four 2x2 kernels (sums of its
+    taps); each phase is a 2x2 convolution of ``x`` written into every other row and
+    column of the output. Exact up to float rounding, with 4/9 of the multiply-adds and
+    no 4x-sized intermediate (measured 1.3-1.6x faster forward + backward on CPU, and
+    less memory). Gradients reach the original 3x3 ``weight`` through the folding.
+    """
+    b, _, h, w = x.shape
+    rows = (
+        torch.stack(
+            [weight[:, :, 0], weight[:, :, 1] + weight[:, :, 2]], 2
+        ),  # even rows: input rows (i-1, i)
+        torch.stack(
+            [weight[:, :, 0] + weight[:, :, 1], weight[:, :, 2]], 2
+        ),  # odd rows: input rows (i, i+1)
+    )
+    out = x.new_empty(b, weight.shape[0], 2 * h, 2 * w)  # [B, out, 2H, 2W]
+    for py, wr in enumerate(rows):  # wr [out, in, 2, 3]
+        cols = (
+            torch.stack([wr[..., 0], wr[..., 1] + wr[..., 2]], -1),
+            torch.stack([wr[..., 0] + wr[..., 1], wr[..., 2]], -1),
+        )
+        for px, k in enumerate(cols):  # k [out, in, 2, 2]
+            y = F.conv2d(x, k, bias, padding=1)  # [B, out, H+1, W+1]
+            out[:, :, py::2, px::2] = y[:, :, py : py + h, px : px + w]
+    return out
+
+
 class UpBlock(nn.Sequential):
-    """Nearest-neighbour x2 -> conv3x3 -> BatchNorm -> ReLU (``act=False``: no ReLU)."""
+    """Nearest-neighbour x2 -> conv3x3 -> BatchNorm -> ReLU (``act=False``: no ReLU).
+
+    Same parameters as the reference's ``Upsample`` + ``conv3x3`` stack; by default the
+    upsampling and the convolution run fused (:func:`upsample2x_conv3x3`). ``fused =
+    False`` runs them literally (used to count the architecture's nominal FLOPs).
+    """
 
     def __init__(self, in_ch: int, out_ch: int, act: bool = True) -> None:
         super().__init__(
-            nn.Upsample(scale_factor=2, mode="nearest"),
+            Upsample2x(),
             ConvBlock(in_ch, out_ch, 3, bn=True, act="relu" if act else None),
         )
+        self.fused = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.fused or (
+            x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        ):
+            return super().forward(x)
+        block = self[1]
+        h = upsample2x_conv3x3(x, block[0].weight, block[0].bias)  # [B, out, 2H, 2W]
+        for layer in list(block)[1:]:  # BatchNorm, activation
+            h = layer(h)
+        return h
+
+
+def set_fused_upsampling(module: nn.Module, enabled: bool) -> None:
+    """Switch every :class:`UpBlock` in ``module`` between fused and literal execution."""
+    for m in module.modules():
+        if isinstance(m, UpBlock):
+            m.fused = enabled
 
 
 class ResBlock(nn.Module):

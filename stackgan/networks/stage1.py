@@ -18,6 +18,7 @@ from stackgan.networks.blocks import (
     ConvBlock,
     DOutput,
     UpBlock,
+    Upsample2x,
     check_arch,
     conv,
     discriminator_output,
@@ -66,7 +67,7 @@ class Stage1Generator(nn.Module):
                 Bottleneck(gf_dim * 4, gf_dim, "relu"),  # [B, 4g, 8, 8]
                 UpBlock(gf_dim * 4, gf_dim * 2),  # [B, 2g, 16, 16]
                 UpBlock(gf_dim * 2, gf_dim),  # [B, g, 32, 32]
-                nn.Upsample(scale_factor=2, mode="nearest"),  # [B, g, 64, 64]
+                Upsample2x(),  # [B, g, 64, 64]
                 conv(gf_dim, 3, 3),  # [B, 3, 64, 64]
                 nn.Tanh(),
             )
