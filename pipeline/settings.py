@@ -61,12 +61,87 @@ def merge_with_preset(user: dict[str, Any]) -> dict[str, Any]:
     return deep_merge(preset, user)
 
 
+def _load_schema() -> dict[str, Any]:
+    with open(SCHEMA, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def _deref(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    """``node`` with a local ``$ref`` ("#/$defs/...") replaced by its target (siblings kept)."""
+    while isinstance(node, dict) and "$ref" in node:
+        target: Any = root
+        for part in node["$ref"].lstrip("#/").split("/"):
+            target = target[part]
+        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    return node
+
+
+_NULL_WORDS = ("null", "Null", "NULL", "~")
+
+
+def _typed_scalar(text: str, node: dict[str, Any]) -> Any:
+    """``text`` (a string from ``--config``) as the non-string scalar ``node`` asks for, or
+    ``text`` unchanged when it does not parse as one of the allowed types."""
+    types = node.get("type", [])
+    types = [types] if isinstance(types, str) else list(types)
+    enum = node.get("enum")
+    if enum is not None:
+        if text in enum:
+            return text
+        candidates = [v for v in enum if not isinstance(v, str)]
+    elif "string" in types:
+        # A nullable string: only the YAML null words mean None.
+        return None if "null" in types and text in _NULL_WORDS else text
+    else:
+        candidates = None
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):  # e.g. "1e-4" (YAML 1.1 floats need a dot)
+        try:
+            value = float(text)
+        except ValueError:
+            return text
+    if candidates is not None:
+        return value if value in candidates and not isinstance(value, str) else text
+    ok = {
+        "integer": isinstance(value, int) and not isinstance(value, bool),
+        "number": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "boolean": isinstance(value, bool),
+        "null": value is None,
+    }
+    return value if any(ok.get(t, False) for t in types) else text
+
+
+def coerce_cli_strings(config: Any, schema: dict[str, Any] | None = None, node: Any = None) -> Any:
+    """Give ``--config`` values their YAML types where the schema expects non-strings.
+
+    Snakemake parses a nested ``--config`` value such as ``stage1={epochs: 60}`` or
+    ``stages=[2]`` with YAML's BaseLoader, so every nested scalar arrives as a string
+    (``'60'``, ``['2']``). Strings at places where the schema allows no string are parsed
+    as YAML scalars; anything that does not parse to an allowed type is left as it is (the
+    schema check then names it). Returns the converted copy.
+    """
+    if schema is None:
+        schema = _load_schema()
+        node = schema
+    node = _deref(node or {}, schema)
+    if isinstance(config, dict):
+        props = node.get("properties", {})
+        return {k: coerce_cli_strings(v, schema, props.get(k)) for k, v in config.items()}
+    if isinstance(config, list):
+        return [coerce_cli_strings(v, schema, node.get("items")) for v in config]
+    if isinstance(config, str) and node:
+        return _typed_scalar(config, node)
+    return config
+
+
 def schema_errors(config: dict[str, Any]) -> list[str]:
     """JSON-Schema (Draft 2020-12) errors of ``config``, each naming the key path."""
     import jsonschema
 
-    with open(SCHEMA, encoding="utf-8") as fh:
-        schema = yaml.safe_load(fh)
+    schema = _load_schema()
     validator = jsonschema.Draft202012Validator(schema)
     errors = []
     for err in sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path)):
@@ -175,7 +250,7 @@ def resolve(user: dict[str, Any]) -> Settings:
     Raises:
         PipelineConfigError: listing every problem found, each naming its key.
     """
-    config = merge_with_preset(user)
+    config = coerce_cli_strings(merge_with_preset(user))
     problems = schema_errors(config)
     if problems:
         raise PipelineConfigError("invalid configuration:\n  " + "\n  ".join(problems))

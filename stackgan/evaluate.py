@@ -179,6 +179,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         action="store_true",
         help="(accepted for symmetry; evaluation logs none)",
     )
+    track.add_argument("--preset", help="tag: the pipeline preset")
+    track.add_argument("--dataset-name", help="tag: dataset name")
     return p
 
 
@@ -372,7 +374,12 @@ def _log_to_tracker(args: argparse.Namespace, result: dict[str, Any], stage: int
         run_name=args.run_name or f"eval-stage{stage}",
         parent_run_id=parent,
         run_id_file=args.out / "mlflow_run_id.txt",
-        tags={"stage": f"eval{stage}", "status": "finished"},
+        tags={
+            "stage": f"eval{stage}",
+            "status": "finished",
+            "preset": args.preset or "none",
+            "dataset": args.dataset_name or "unknown",
+        },
         log_system_metrics=False,
     )
     with tracker:

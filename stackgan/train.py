@@ -86,6 +86,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     track.add_argument("--dataset-name", help="tag: dataset name (default: from the shard set)")
     track.add_argument(
+        "--preset", help="tag: the pipeline preset this run belongs to (e.g. paper, demo)"
+    )
+    track.add_argument(
         "--no-system-metrics", action="store_true", help="do not log CPU/GPU/memory metrics"
     )
     return p
@@ -154,7 +157,8 @@ def _start_tracker(
     dataset = args.dataset_name or ("cub" if manifest["num_samples"] in (8855, 2933) else "custom")
     tags = {
         "stage": str(cfg.stage),
-        "preset": cfg.model.arch,
+        "preset": args.preset or "none",
+        "arch": cfg.model.arch,
         "dataset": dataset,
         **provenance.slurm_info(),
     }

@@ -290,6 +290,7 @@ def training_loop(
     sums: dict[str, torch.Tensor] = {}
     n_sum, wait_sum, t_tick, last_metrics = 0, 0.0, time.perf_counter(), {}
     t_ckpt = time.monotonic()
+    last_grid = -1
     reuse = t.g_step_fakes == "reuse"
     while step < n_total:
         epoch = step // steps_per_epoch
@@ -439,6 +440,7 @@ def training_loop(
             and (step % t.sample_every == 0)
         ):
             _sample_grid(stage, G_ema or G, grid_embeddings, cfg, device, workdir, step, tracker)
+            last_grid = step
         if ckpt_now or stop_now:
             save_state(step)
             t_ckpt = time.monotonic()
@@ -459,7 +461,7 @@ def training_loop(
     if resumed_from is None or resumed_from < n_total:
         save_state(step)
     if info.is_main:
-        if grid_embeddings is not None:
+        if grid_embeddings is not None and last_grid != step:
             _sample_grid(stage, G_ema or G, grid_embeddings, cfg, device, workdir, step, tracker)
         payload = {
             "stage": stage.number,

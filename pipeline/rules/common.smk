@@ -78,7 +78,7 @@ def launch_args(stage):
 def tracking_args(run_name):
     return (
         f"--tracking-uri {shlex.quote(tracking_uri())} --experiment {shlex.quote(config['mlflow']['experiment'])} "
-        f"--run-name {shlex.quote(run_name)}"
+        f"--run-name {shlex.quote(run_name)} --preset {config['preset']} --dataset-name {config['data']['source']}"
         + ("" if config["mlflow"].get("system_metrics", True) else " --no-system-metrics")
     )
 

@@ -13,7 +13,7 @@ rule train_attribute_classifier:
     params:
         train=lambda w, input: set_dir(input.train),
         test=lambda w, input: set_dir(input.test),
-        epochs=EVAL.get("classifier_epochs", 4),
+        epochs=EVAL.get("classifier_epochs", 100),
     log:
         f"{DATA}/logs/train_attribute_classifier.log",
     threads: config["resources"]["evaluate"]["cpus_per_task"]

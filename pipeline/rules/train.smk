@@ -66,7 +66,7 @@ rule train_stage1:
         "python -m pipeline.launch {params.launch} -- -m stackgan.train --config {input.cfg} --data {params.data} "
         "--workdir {params.workdir} --out {output.network} --metrics-out {output.metrics} "
         "--loss-curve {output.curve} --grid-out {output.grid} --grid-index {input.index} "
-        "--parent-run-id-file {input.parent} {params.tracking} 2>&1 | tee {log}"
+        "--parent-run-id-file {input.parent} {params.tracking} 2>&1 | tee -a {log}"
 
 
 rule train_stage2:
@@ -97,4 +97,4 @@ rule train_stage2:
         "python -m pipeline.launch {params.launch} -- -m stackgan.train --config {input.cfg} --data {params.data} "
         "--workdir {params.workdir} --out {output.network} --metrics-out {output.metrics} "
         "--stage1-generator {input.stage1} --loss-curve {output.curve} --grid-out {output.grid} "
-        "--grid-index {input.index} --parent-run-id-file {input.parent} {params.tracking} 2>&1 | tee {log}"
+        "--grid-index {input.index} --parent-run-id-file {input.parent} {params.tracking} 2>&1 | tee -a {log}"

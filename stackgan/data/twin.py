@@ -121,29 +121,44 @@ class TwinSpec:
                 raise ValueError(f"{key} must be in [0, 1], got {getattr(self, key)}")
 
 
+def _cover(order: list[tuple[str, str, str]], count: int, taken: set) -> list[tuple[str, str, str]]:
+    """Pick ``count`` unused combos from ``order``, first ones that add a new body or wing colour."""
+    picked: list[tuple[str, str, str]] = []
+    for combo in order:
+        if len(picked) >= count:
+            break
+        new_colour = combo[0] not in {p[0] for p in picked} or combo[1] not in {
+            p[1] for p in picked
+        }
+        if combo not in taken and new_colour:
+            picked.append(combo)
+            taken.add(combo)
+    for combo in order:
+        if len(picked) >= count:
+            break
+        if combo not in taken:
+            picked.append(combo)
+            taken.add(combo)
+    return picked
+
+
 def make_classes(spec: TwinSpec) -> list[TwinClass]:
     """Deterministically pick ``num_classes`` distinct (body, wing, size) combinations.
 
-    Colours are spread so that every colour occurs as body and as wing colour in both
-    splits whenever the class count allows it.
+    The training classes (ids not divisible by 4, see :func:`split_of`) are picked first
+    so that every colour occurs as body and as wing colour in training whenever the
+    class count allows it; the test classes are other, unseen combinations.
     """
     combos = [(b, w, s) for b, w in itertools.permutations(COLOUR_NAMES, 2) for s in SIZES]
     rng = np.random.default_rng([spec.seed, 7])
-    order = rng.permutation(len(combos))
-    picked: list[tuple[str, str, str]] = []
-    # First pass: cover every body colour and every wing colour early.
-    for i in order:
-        b, w, _size = combos[i]
-        if len(picked) >= spec.num_classes:
-            break
-        if b not in {p[0] for p in picked} or w not in {p[1] for p in picked}:
-            picked.append(combos[i])
-    for i in order:
-        if len(picked) >= spec.num_classes:
-            break
-        if combos[i] not in picked:
-            picked.append(combos[i])
-    return [TwinClass(k + 1, *combo) for k, combo in enumerate(picked)]
+    order = [combos[i] for i in rng.permutation(len(combos))]
+    n_test = spec.num_classes // 4
+    taken: set[tuple[str, str, str]] = set()
+    train = iter(_cover(order, spec.num_classes - n_test, taken))
+    test = iter(_cover(order, n_test, taken))
+    return [
+        TwinClass(k, *next(test if k % 4 == 0 else train)) for k in range(1, spec.num_classes + 1)
+    ]
 
 
 def split_of(twin_class: TwinClass) -> str:

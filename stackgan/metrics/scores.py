@@ -104,6 +104,10 @@ def _note(notes: list[str] | None, message: str) -> None:
         notes.append(message)
 
 
+# The metrics are computed from activations that the caller has already gathered (rank 0
+# in evaluation), so torchmetrics must not try to sync states across a process group.
+
+
 def frechet_distance(real_feats: Tensor | np.ndarray, fake_feats: Tensor | np.ndarray) -> float:
     """FID between two feature sets (``FID_IMPLEMENTATION``).
 
@@ -120,7 +124,9 @@ def frechet_distance(real_feats: Tensor | np.ndarray, fake_feats: Tensor | np.nd
         raise ValueError(f"feature dims differ: {real.shape[1]} vs {fake.shape[1]}")
     if real.shape[0] < 2 or fake.shape[0] < 2:
         raise ValueError("FID needs at least 2 samples per set")
-    metric = FrechetInceptionDistance(feature=Passthrough(real.shape[1]), normalize=False)
+    metric = FrechetInceptionDistance(
+        feature=Passthrough(real.shape[1]), normalize=False, sync_on_compute=False
+    )
     for feats, is_real in ((real, True), (fake, False)):
         for start in range(0, feats.shape[0], _UPDATE_CHUNK):
             metric.update(feats[start : start + _UPDATE_CHUNK], real=is_real)
@@ -213,6 +219,7 @@ def kernel_inception_distance(
             gamma=None if gamma is None else float(gamma),
             coef=float(coef),
             normalize=False,
+            sync_on_compute=False,
         )
     metric.update(real, real=True)
     metric.update(fake, real=False)
@@ -257,7 +264,9 @@ def inception_score(
         _note(notes, f"IS: dropped {n - keep} of {n} rows so that {splits} splits are equal")
         x = x[:keep]
     with _quiet_buffer_warning():
-        metric = InceptionScore(feature=Passthrough(x.shape[1]), splits=int(splits))
+        metric = InceptionScore(
+            feature=Passthrough(x.shape[1]), splits=int(splits), sync_on_compute=False
+        )
     metric.update(x)
     with _seeded_cpu_rng(seed), warnings.catch_warnings():
         # one split: torch warns about std with zero degrees of freedom; we return 0.

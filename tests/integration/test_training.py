@@ -24,24 +24,8 @@ from tests.helpers import python_cmd, run, run_config, train_args, write_config
 
 
 @pytest.fixture(scope="module")
-def stage1_network(tiny_shards, tmp_path_factory):
-    """A Stage-I network trained for 14 steps (2 epochs) on the tiny twin."""
-    tmp = tmp_path_factory.mktemp("s1")
-    cfg = write_config(tmp / "s1.yaml", run_config(1, epochs=2))
-    out = tmp / "net1.pt"
-    run(
-        python_cmd(
-            *train_args(
-                cfg,
-                tiny_shards / "train-64",
-                tmp / "work",
-                out,
-                "--metrics-out",
-                str(tmp / "m.json"),
-            )
-        )
-    )
-    return out, tmp
+def stage1_network(tiny_stage1_network):
+    return tiny_stage1_network
 
 
 def test_short_training_moves_losses_and_stays_finite(stage1_network):

@@ -1,0 +1,699 @@
+"""The Snakemake workflow, run locally: dry runs, lint, configuration errors, a full smoke run.
+
+    .venv/bin/pytest tests/workflow -q          # about a minute and a half on 2 cores
+
+Every snakemake call is a real command line (``.venv/bin/snakemake -s <repo>/Snakefile``) run
+from a temporary working directory under ``timeout -s KILL``, so a hang fails the test.
+The full smoke run (``--profile cluster/local --config preset=smoke``) is made once per module
+and shared by the MLflow, report and rerun tests.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.workflow
+
+ROOT = Path(__file__).resolve().parents[2]
+SNAKEFILE = ROOT / "Snakefile"
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+LOCAL_PROFILE = ROOT / "cluster" / "local"
+SLURM_PROFILE = ROOT / "cluster" / "slurm"
+PRESETS = ROOT / "pipeline" / "config" / "presets"
+
+DRY_TIMEOUT_S = 90
+RUN_TIMEOUT_S = 360  # the smoke run takes ~40 s on 2 idle cores
+
+# Jobs of the twin presets (demo, smoke) and of the paper preset (real CUB: no twin, no
+# attribute classifier, no conditional accuracy).
+TWIN_JOBS = {
+    "make_twin": 1,
+    "validate_data": 1,
+    "build_shards": 2,
+    "mlflow_parent": 1,
+    "write_run_config": 2,
+    "train_stage1": 1,
+    "train_stage2": 1,
+    "train_attribute_classifier": 1,
+    "evaluate": 2,
+    "summarize": 1,
+    "all": 1,
+}
+PAPER_JOBS = {
+    k: v for k, v in TWIN_JOBS.items() if k not in ("make_twin", "train_attribute_classifier")
+}
+
+# Every declared output of the smoke run (relative to its working directory).
+SMOKE_OUTPUTS = [
+    "results/data/twin/raw/twin.json",
+    "results/data/twin/validation.json",
+    *(
+        f"results/data/twin/shards/{split}-{res}/manifest.json"
+        for split in ("train", "test")
+        for res in (64, 256)
+    ),
+    "results/data/twin/shards/train-index.h5",
+    "results/data/twin/shards/test-index.h5",
+    "results/data/twin/attribute_classifier.pt",
+    "results/data/twin/attribute_classifier.json",
+    "results/smoke/mlflow/parent_run_id.txt",
+    *(
+        f"results/smoke/stage{s}/{name}"
+        for s in (1, 2)
+        for name in (
+            "run_config.yaml",
+            "network-final.pt",
+            "metrics.json",
+            "loss_curves.png",
+            "samples.png",
+        )
+    ),
+    *(
+        f"results/smoke/eval/stage{s}/{name}"
+        for s in (1, 2)
+        for name in ("metrics.json", "grid.png")
+    ),
+    "results/smoke/summary.json",
+    "results/smoke/metrics.html",
+]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TRAIN_METRICS = {
+    "loss_d",
+    "loss_g",
+    "kl",
+    "d_real",
+    "d_wrong",
+    "d_fake",
+    "lr_g",
+    "img_per_s",
+    "data_wait_frac",
+}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def clean_env() -> dict[str, str]:
+    """This environment without anything that would redirect MLflow or fake a SLURM job."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MLFLOW_", "SLURM_", "SBATCH_", "SRUN_"))
+    }
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    return env
+
+
+def snakemake(cwd: Path, *args: str, timeout: int = DRY_TIMEOUT_S) -> subprocess.CompletedProcess:
+    """``snakemake -s <repo>/Snakefile ARGS`` in ``cwd``, killed after ``timeout`` seconds."""
+    cmd = ["timeout", "-s", "KILL", str(timeout), str(SNAKEMAKE), "-s", str(SNAKEFILE), *args]
+    proc = subprocess.run(
+        cmd,
+        cwd=cwd,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout + 30,
+        check=False,
+    )
+    proc.output = proc.stdout + proc.stderr  # type: ignore[attr-defined]
+    assert proc.returncode not in (-9, 137), f"snakemake killed after {timeout} s:\n{tail(proc)}"
+    return proc
+
+
+def tail(proc: subprocess.CompletedProcess, n: int = 60) -> str:
+    return "\n".join((proc.stdout + proc.stderr).splitlines()[-n:])
+
+
+def job_stats(output: str) -> dict[str, int]:
+    """The first "Job stats:" table of a snakemake run as {rule: count} (without the total)."""
+    lines = output.splitlines()
+    start = lines.index("Job stats:")
+    assert lines[start + 1].split() == ["job", "count"], lines[start : start + 3]
+    stats: dict[str, int] = {}
+    for line in lines[start + 3 :]:
+        name, count = line.split()
+        if name == "total":
+            assert int(count) == sum(stats.values()), output
+            return stats
+        stats[name] = int(count)
+    raise AssertionError(f"no total row in the job stats:\n{output}")
+
+
+def parse_items(text: str) -> dict[str, str]:
+    """``a=1, b=x y, c='z'`` -> {'a': '1', 'b': 'x y', 'c': "'z'"} (as Snakemake prints them)."""
+    out = {}
+    for item in text.split(", "):
+        key, _, value = item.partition("=")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def dry_run_jobs(output: str) -> list[dict[str, Any]]:
+    """The job blocks of a dry run: rule, wildcards, threads, resources, shell command."""
+    jobs: list[dict[str, Any]] = []
+    job: dict[str, Any] | None = None
+    for line in output.splitlines():
+        m = re.match(r"^(local)?rule (\w+):$", line)
+        if m:
+            job = {"rule": m.group(2), "wildcards": {}, "resources": {}, "shell": None}
+            jobs.append(job)
+            continue
+        if job is None:
+            continue
+        s = line.strip()
+        if s.startswith("wildcards: "):
+            job["wildcards"] = parse_items(s[len("wildcards: ") :])
+        elif s.startswith("resources: "):
+            job["resources"] = parse_items(s[len("resources: ") :])
+        elif line.startswith("Shell command: "):
+            job["shell"] = line[len("Shell command: ") :]
+    return jobs
+
+
+def the_job(jobs: list[dict[str, Any]], rule: str, **wildcards: str) -> dict[str, Any]:
+    found = [
+        j
+        for j in jobs
+        if j["rule"] == rule and all(j["wildcards"].get(k) == v for k, v in wildcards.items())
+    ]
+    assert len(found) == 1, f"{len(found)} jobs of {rule} {wildcards}: {[j['rule'] for j in jobs]}"
+    return found[0]
+
+
+def fake_cub(root: Path, missing: str | None = None) -> Path:
+    """The files the pipeline checks when parsing (contents are irrelevant to a dry run)."""
+    cub = root / "CUB_200_2011"
+    (cub / "images").mkdir(parents=True)
+    for name in ("images.txt", "bounding_boxes.txt"):
+        (cub / name).write_text("")
+    for split in ("train", "test"):
+        (root / split).mkdir()
+        for name in ("filenames", "class_info", "char-CNN-RNN-embeddings"):
+            (root / split / f"{name}.pickle").write_bytes(b"")
+    if missing:
+        (root / missing).unlink()
+    return root
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    return yaml.safe_load((PRESETS / f"{name}.yaml").read_text())
+
+
+# --------------------------------------------------------------------------- dry runs, lint
+
+
+@pytest.mark.parametrize(
+    ("args", "run"),
+    [([], "demo"), (["--config", "preset=smoke"], "smoke")],
+    ids=["default-demo", "smoke"],
+)
+def test_dry_run_lists_the_expected_jobs(tmp_path: Path, args: list[str], run: str) -> None:
+    proc = snakemake(tmp_path, "-n", "--profile", str(LOCAL_PROFILE), *args)
+    assert proc.returncode == 0, tail(proc)
+    assert job_stats(proc.output) == TWIN_JOBS
+    jobs = dry_run_jobs(proc.output)
+    assert sorted(j["wildcards"].get("split") for j in jobs if j["rule"] == "build_shards") == [
+        "test",
+        "train",
+    ]
+    assert sorted(j["wildcards"].get("stage") for j in jobs if j["rule"] == "evaluate") == [
+        "1",
+        "2",
+    ]
+    assert "--run-name stage1" in the_job(jobs, "train_stage1")["shell"]
+    assert f"results/{run}/stage1/network-final.pt" in the_job(jobs, "train_stage1")["shell"]
+    assert not (tmp_path / "results").exists(), "a dry run must not write outputs"
+
+
+def test_lint_is_clean(tmp_path: Path) -> None:
+    proc = snakemake(tmp_path, "--lint")
+    assert proc.returncode == 0, tail(proc)
+    assert "Congratulations, your workflow is in a good condition!" in proc.output
+
+
+def test_paper_dry_run_on_a_fake_cub_tree(tmp_path: Path) -> None:
+    birds = fake_cub(tmp_path / "birds")
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = snakemake(
+        work,
+        "-n",
+        "--profile",
+        str(SLURM_PROFILE),
+        "--config",
+        "preset=paper",
+        f"data={{root: {birds}}}",
+    )
+    assert proc.returncode == 0, tail(proc)
+    assert job_stats(proc.output) == PAPER_JOBS
+    jobs = dry_run_jobs(proc.output)
+    res = load_preset("paper")["resources"]
+
+    for stage in (1, 2):
+        r = res[f"train_stage{stage}"]
+        job = the_job(jobs, f"train_stage{stage}")
+        got = job["resources"]
+        assert got["gpu"] == str(r["gpus"]) == "1", got
+        assert got["cpus_per_task"] == str(r["cpus_per_task"]), got
+        assert got["mem_mb"] == str(r["mem_mb"]), got
+        assert got["runtime"] == str(r["runtime"]), got
+        assert not {"mpi", "nodes", "tasks", "gres", "tasks_per_gpu"} & got.keys(), got
+        assert job["shell"].startswith(
+            f"python -m pipeline.launch --nodes 1 --ranks-per-node 1 --gpus-per-node 1 "
+            f"--cpus-per-task {r['cpus_per_task']} -- -m stackgan.train "
+        ), job["shell"]
+        assert f"--data results/data/cub/shards/train-{64 if stage == 1 else 256}" in job["shell"]
+    assert (
+        "--stage1-generator results/paper/stage1/network-final.pt"
+        in the_job(jobs, "train_stage2")["shell"]
+    )
+
+    r = res["evaluate"]
+    for stage in ("1", "2"):
+        got = the_job(jobs, "evaluate", stage=stage)["resources"]
+        assert (got["gpu"], got["cpus_per_task"], got["mem_mb"], got["runtime"]) == tuple(
+            str(r[k]) for k in ("gpus", "cpus_per_task", "mem_mb", "runtime")
+        ), got
+    for rule, split in (
+        ("validate_data", None),
+        ("build_shards", "train"),
+        ("build_shards", "test"),
+    ):
+        got = the_job(jobs, rule, **({"split": split} if split else {}))["resources"]
+        assert got["mem_mb"] == str(res["preprocess"]["mem_mb"]), (rule, got)
+        assert got["runtime"] == str(res["preprocess"]["runtime"]), (rule, got)
+        assert "gpu" not in got, (rule, got)
+    # Real CUB: the raw inputs are the user's files, nothing is generated.
+    assert (
+        f"--cub-dir {birds}/CUB_200_2011 --bundle-dir {birds}"
+        in the_job(jobs, "validate_data")["shell"]
+    )
+
+
+def test_paper_multi_node_dry_run(tmp_path: Path) -> None:
+    birds = fake_cub(tmp_path / "birds")
+    work = tmp_path / "work"
+    work.mkdir()
+    configfile = tmp_path / "multinode.yaml"
+    configfile.write_text(
+        yaml.safe_dump(
+            {
+                "preset": "paper",
+                "data": {"root": str(birds)},
+                "resources": {
+                    "train_stage1": {
+                        "nodes": 2,
+                        "gpus": 4,
+                        "ranks_per_node": 4,
+                        "cpus_per_task": 32,
+                        "mem_mb": 128000,
+                        "runtime": 1440,
+                    }
+                },
+            }
+        )
+    )
+    proc = snakemake(work, "-n", "--profile", str(SLURM_PROFILE), "--configfile", str(configfile))
+    assert proc.returncode == 0, tail(proc)
+    assert job_stats(proc.output) == PAPER_JOBS
+    jobs = dry_run_jobs(proc.output)
+
+    job = the_job(jobs, "train_stage1")
+    got = job["resources"]
+    assert got["mpi"] == "srun", got
+    assert got["nodes"] == "2", got
+    assert got["tasks"] == "2", got  # one torchrun launcher per node
+    assert got["tasks_per_gpu"] == "0", got  # no implicit --ntasks-per-gpu
+    assert got["gres"].strip("'\"") == "gpu:4", got  # per node
+    assert got["cpus_per_task"] == "32" and got["mem_mb"] == "128000", got
+    assert "gpu" not in got, got  # --gpus would be a job total, not per node
+    assert "--signal=USR1@180" in got["slurm_extra"], got
+    assert job["shell"].startswith(
+        "python -m pipeline.launch --nodes 2 --ranks-per-node 4 --gpus-per-node 4 --cpus-per-task 32 "
+        "-- -m stackgan.train "
+    ), job["shell"]
+    # Stage-II keeps the preset's single-node setting.
+    got2 = the_job(jobs, "train_stage2")["resources"]
+    assert got2["gpu"] == "1" and "mpi" not in got2 and "nodes" not in got2, got2
+
+
+# --------------------------------------------------------------------------- bad configuration
+
+
+def _bad_paper(tmp_path: Path, missing: str | None) -> list[str]:
+    root = tmp_path / "birds"
+    if missing == "everything":
+        root.mkdir()
+    else:
+        fake_cub(root, missing)
+    return ["--config", "preset=paper", f"data={{root: {root}}}"]
+
+
+BAD_CONFIGS = {
+    "typo-in-key": (
+        lambda tmp: ["--config", "train={batchsize: 8}"],
+        r"train: Additional properties are not allowed \('batchsize' was unexpected\)",
+    ),
+    "cub-root-empty": (
+        lambda tmp: _bad_paper(tmp, "everything"),
+        r"data\.cub_dir: directory \S+/birds/CUB_200_2011 does not exist",
+    ),
+    "cub-pickle-missing": (
+        lambda tmp: _bad_paper(tmp, "test/char-CNN-RNN-embeddings.pickle"),
+        r"data\.bundle_dir: missing \S+/birds/test/char-CNN-RNN-embeddings\.pickle",
+    ),
+    "stage2-without-stage1": (
+        lambda tmp: ["--config", "preset=smoke", "stages=[2]"],
+        r"stages: Stage-II needs Stage-I",
+    ),
+    "more-gpus-than-a-node-has": (
+        lambda tmp: [
+            "--config",
+            "preset=smoke",
+            "resources={train_stage1: {gpus: 8, ranks_per_node: 8}}",
+        ],
+        r"resources\.train_stage1\.gpus: 8 GPUs per node requested, but resources\.gpus_per_node .* is 4",
+    ),
+    "unknown-preset": (
+        lambda tmp: ["--config", "preset=tiny"],
+        r"preset: unknown preset 'tiny'; available: demo, paper, smoke",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CONFIGS))
+def test_bad_configuration_fails_before_any_job(tmp_path: Path, case: str) -> None:
+    make_args, message = BAD_CONFIGS[case]
+    work = tmp_path / "work"
+    work.mkdir()
+    # A real run (not -n): had the configuration been accepted, jobs would start and write results/.
+    proc = snakemake(work, "--profile", str(LOCAL_PROFILE), *make_args(tmp_path), timeout=60)
+    assert proc.returncode != 0, tail(proc)
+    assert re.search(message, proc.output), tail(proc)
+    assert "WorkflowError" in proc.output and "StackGAN pipeline:" in proc.output, tail(proc)
+    assert "Building DAG of jobs" not in proc.output, (
+        "the error must come when parsing, before the DAG"
+    )
+    assert not (work / "results").exists(), sorted(p.name for p in (work / "results").rglob("*"))
+
+
+def test_nested_config_values_from_the_command_line_get_their_types(tmp_path: Path) -> None:
+    """Snakemake parses nested --config values as strings ('60'); the pipeline must accept them."""
+    proc = snakemake(
+        tmp_path,
+        "-n",
+        "--profile",
+        str(LOCAL_PROFILE),
+        "--config",
+        "preset=smoke",
+        "stage1={epochs: 7, lr_g: 1e-4}",
+        "resources={evaluate: {cpus_per_task: 2}}",
+    )
+    assert proc.returncode == 0, tail(proc)
+    jobs = dry_run_jobs(proc.output)
+    cfg = the_job(jobs, "write_run_config", stage="1")["shell"]
+    assert '"epochs": 7,' in cfg and '"lr_g": 0.0001' in cfg, cfg
+    assert the_job(jobs, "evaluate", stage="1")["resources"]["cpus_per_task"] == "2"
+
+
+# --------------------------------------------------------------------------- full smoke run
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One full local smoke run (14 jobs) in a fresh working directory."""
+    work = tmp_path_factory.mktemp("smoke-run")
+    proc = snakemake(
+        work, "--profile", str(LOCAL_PROFILE), "--config", "preset=smoke", timeout=RUN_TIMEOUT_S
+    )
+    assert proc.returncode == 0, tail(proc, 120)
+    assert job_stats(proc.output) == TWIN_JOBS
+    assert "14 of 14 steps (100%) done" in proc.output, tail(proc)
+    yield work
+
+
+def test_smoke_run_writes_every_declared_output(smoke_run: Path) -> None:
+    missing = [p for p in SMOKE_OUTPUTS if not (smoke_run / p).is_file()]
+    assert not missing, missing
+    empty = [p for p in SMOKE_OUTPUTS if (smoke_run / p).stat().st_size == 0]
+    assert not empty, empty
+    for p in SMOKE_OUTPUTS:
+        if p.endswith(".png"):
+            assert (smoke_run / p).read_bytes()[:8] == PNG_MAGIC, p
+
+    for stage in (1, 2):
+        m = json.loads((smoke_run / f"results/smoke/stage{stage}/metrics.json").read_text())
+        cfg = yaml.safe_load(
+            (smoke_run / f"results/smoke/stage{stage}/run_config.yaml").read_text()
+        )
+        assert m["stage"] == stage and m["world_size"] == 1 and m["resumed_from"] is None, m
+        assert m["steps"] > 0 and m["epochs"] == cfg["train"]["epochs"], m
+        work = smoke_run / f"results/smoke/work/stage{stage}"
+        # Resumable state lives beside the outputs, not in them.
+        assert sorted(work.glob("training-state-*.pt")), sorted(work.iterdir())
+        assert (work / "mlflow_run_id.txt").read_text().strip() == m["mlflow_run_id"]
+    summary = json.loads((smoke_run / "results/smoke/summary.json").read_text())
+    assert summary["run"] == "smoke" and summary["preset"] == "smoke", summary
+    assert "stage2.cond_body_accuracy" in summary["metrics"], sorted(summary["metrics"])
+    assert "stage2.cond_body_accuracy" in (smoke_run / "results/smoke/metrics.html").read_text()
+
+
+def _client(work: Path):
+    from mlflow.tracking import MlflowClient
+
+    db = work / "results" / "smoke" / "mlflow.db"
+    assert db.is_file(), db
+    return MlflowClient(tracking_uri=f"sqlite:///{db}")
+
+
+def _artifacts(client, run_id: str, path: str = "") -> list[str]:
+    out = []
+    for f in client.list_artifacts(run_id, path):
+        out += _artifacts(client, run_id, f.path) if f.is_dir else [f.path]
+    return out
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def git_head() -> str | None:
+    try:
+        proc = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout.strip()
+
+
+def test_mlflow_parent_and_child_runs(smoke_run: Path) -> None:
+    client = _client(smoke_run)
+    exp = client.get_experiment_by_name("stackgan-smoke")
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parents = client.search_runs([exp.experiment_id], filter_string="tags.stage = 'pipeline'")
+    assert len(parents) == 1, [(r.info.run_name, r.data.tags.get("stage")) for r in runs]
+    parent = parents[0]
+    pid = parent.info.run_id
+    assert (smoke_run / "results/smoke/mlflow/parent_run_id.txt").read_text().strip() == pid
+    assert parent.info.run_name == "smoke"
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags.get("preset") == "smoke" and parent.data.tags.get("dataset") == "twin"
+
+    children = client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{pid}'"
+    )
+    by_name = {r.info.run_name: r for r in children}
+    assert sorted(by_name) == ["eval-stage1", "eval-stage2", "stage1", "stage2"], sorted(by_name)
+    assert len(children) == 4 and len(runs) == 5, "no duplicated or stray runs"
+    assert all(r.info.status == "FINISHED" for r in children), [
+        (r.info.run_name, r.info.status) for r in children
+    ]
+
+    # Summary metrics on the parent: exactly those of summary.json.
+    summary = json.loads((smoke_run / "results/smoke/summary.json").read_text())["metrics"]
+    assert "stage2.cond_body_accuracy" in parent.data.metrics
+    assert set(parent.data.metrics) == set(summary), set(parent.data.metrics) ^ set(summary)
+    for key, value in summary.items():
+        assert math.isclose(parent.data.metrics[key], value, rel_tol=1e-6, abs_tol=1e-9), key
+
+    head = git_head()
+    for stage in (1, 2):
+        run = by_name[f"stage{stage}"]
+        p, m = run.data.params, run.data.metrics
+        cfg = yaml.safe_load(
+            (smoke_run / f"results/smoke/stage{stage}/run_config.yaml").read_text()
+        )
+        assert p["config.model.arch"] == cfg["model"]["arch"] == "paper", p
+        assert p["config.stage"] == str(stage) and p["config.train.epochs"] == str(
+            cfg["train"]["epochs"]
+        )
+        assert p["world_size"] == "1" and p["amp"] == "fp32", p
+        assert (
+            p["git.commit"] == head
+            if head
+            else re.fullmatch(r"[0-9a-f]{40}|unknown", p["git.commit"])
+        )
+        shard_set = "train-64" if stage == 1 else "train-256"
+        manifest = smoke_run / f"results/data/twin/shards/{shard_set}/manifest.json"
+        assert p["data.manifest_sha256"] == _sha256(manifest), p["data.manifest_sha256"]
+        assert set(m) >= TRAIN_METRICS, sorted(m)
+        assert all(math.isfinite(m[k]) for k in TRAIN_METRICS), m
+        final = json.loads((smoke_run / f"results/smoke/stage{stage}/metrics.json").read_text())
+        history = client.get_metric_history(run.info.run_id, "loss_d")
+        assert max(h.step for h in history) == final["steps"], [h.step for h in history]
+        assert len({h.step for h in history}) > 1, "loss_d must be logged per step, not once"
+        assert run.data.tags.get("stackgan.attempt") == "1"
+        assert run.data.tags.get("stage") == str(stage)
+
+    for stage in (1, 2):
+        run = by_name[f"eval-stage{stage}"]
+        local = json.loads(
+            (smoke_run / f"results/smoke/eval/stage{stage}/metrics.json").read_text()
+        )["metrics"]
+        cond = {k for k in run.data.metrics if k.startswith("cond_")}
+        assert {"cond_body_accuracy", "cond_wing_accuracy", "cond_joint_accuracy"} <= cond, sorted(
+            run.data.metrics
+        )
+        for key in cond:
+            assert math.isclose(run.data.metrics[key], local[key], rel_tol=1e-6, abs_tol=1e-9), key
+
+
+def test_mlflow_artifacts_and_images(smoke_run: Path) -> None:
+    client = _client(smoke_run)
+    exp = client.get_experiment_by_name("stackgan-smoke")
+    pid = (smoke_run / "results/smoke/mlflow/parent_run_id.txt").read_text().strip()
+    children = client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{pid}'"
+    )
+    by_name = {r.info.run_name: r for r in children}
+    smoke = load_preset("smoke")
+
+    for stage in (1, 2):
+        run_id = by_name[f"stage{stage}"].info.run_id
+        arts = _artifacts(client, run_id)
+        assert {"run_config.yaml", "loss_curves.png", "network/network-final.pt"} <= set(arts), arts
+        # Step-indexed sample grids logged with log_image during training.
+        steps = {
+            int(m.group(1))
+            for a in arts
+            if (m := re.match(r"images/samples\+step\+(\d+)\+.*\.png$", a))
+        }
+        final = json.loads((smoke_run / f"results/smoke/stage{stage}/metrics.json").read_text())[
+            "steps"
+        ]
+        every = smoke["train"]["sample_every"]
+        assert set(range(every, final + 1, every)) | {final} <= steps, (steps, final)
+        # The logged files are the pipeline's own outputs.
+        got = Path(
+            client.download_artifacts(run_id, "run_config.yaml", str(smoke_run / f"dl{stage}"))
+        )
+        assert (
+            got.read_bytes()
+            == (smoke_run / f"results/smoke/stage{stage}/run_config.yaml").read_bytes()
+        )
+        got = Path(
+            client.download_artifacts(
+                run_id, "network/network-final.pt", str(smoke_run / f"dl{stage}")
+            )
+        )
+        assert _sha256(got) == _sha256(smoke_run / f"results/smoke/stage{stage}/network-final.pt")
+        got = Path(
+            client.download_artifacts(run_id, "loss_curves.png", str(smoke_run / f"dl{stage}"))
+        )
+        assert got.read_bytes()[:8] == PNG_MAGIC
+
+    for stage in (1, 2):
+        run_id = by_name[f"eval-stage{stage}"].info.run_id
+        arts = set(_artifacts(client, run_id))
+        assert {"eval/metrics.json", "eval/grid.png"} <= arts, arts
+        got = Path(
+            client.download_artifacts(run_id, "eval/grid.png", str(smoke_run / f"dl-eval{stage}"))
+        )
+        assert (
+            got.read_bytes()
+            == (smoke_run / f"results/smoke/eval/stage{stage}/grid.png").read_bytes()
+        )
+
+
+def _report_json(html: str, name: str) -> Any:
+    """The data block ``<script id="NAME"> var NAME = {...}`` of a Snakemake HTML report."""
+    marker = f"var {name} = "
+    start = html.index(marker, html.index(f'<script id="{name}">')) + len(marker)
+    value, _ = json.JSONDecoder().raw_decode(html, start)
+    return value
+
+
+def test_report_contains_grids_curves_and_metrics_table(smoke_run: Path) -> None:
+    report = smoke_run / "results/smoke/report.html"
+    proc = snakemake(
+        smoke_run,
+        "--profile",
+        str(LOCAL_PROFILE),
+        "--config",
+        "preset=smoke",
+        "--report",
+        str(report),
+    )
+    assert proc.returncode == 0, tail(proc)
+    html = report.read_text()
+    results = _report_json(html, "results")
+    categories = _report_json(html, "categories")
+
+    assert categories["Training"] == {
+        "Stage-I": ["results/smoke/stage1/loss_curves.png", "results/smoke/stage1/samples.png"],
+        "Stage-II": ["results/smoke/stage2/loss_curves.png", "results/smoke/stage2/samples.png"],
+    }, categories["Training"]
+    evaluation = {f for files in categories["Evaluation"].values() for f in files}
+    assert evaluation == {
+        f"results/smoke/eval/stage{s}/{n}" for s in (1, 2) for n in ("metrics.json", "grid.png")
+    }
+    assert [f for files in categories["Metrics"].values() for f in files] == [
+        "results/smoke/metrics.html"
+    ]
+
+    # Each entry embeds the file itself.
+    for path in (
+        "results/smoke/stage1/loss_curves.png",
+        "results/smoke/stage2/samples.png",
+        "results/smoke/eval/stage1/grid.png",
+        "results/smoke/eval/stage2/grid.png",
+        "results/smoke/metrics.html",
+    ):
+        entry = results[path]
+        data = base64.b64decode(entry["data_uri"].split("base64,", 1)[1])
+        assert data == (smoke_run / path).read_bytes(), path
+        assert entry["caption"].strip(), path
+    table = base64.b64decode(
+        results["results/smoke/metrics.html"]["data_uri"].split("base64,", 1)[1]
+    ).decode()
+    assert "stage2.cond_body_accuracy" in table and "stage1.train.loss_d" in table
+
+
+def test_second_invocation_has_nothing_to_do(smoke_run: Path) -> None:
+    proc = snakemake(smoke_run, "-n", "--profile", str(LOCAL_PROFILE), "--config", "preset=smoke")
+    assert proc.returncode == 0, tail(proc)
+    assert "Nothing to be done (all requested files are present and up to date)." in proc.output, (
+        tail(proc)
+    )
+    assert "Job stats:" not in proc.output
