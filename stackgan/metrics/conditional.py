@@ -98,8 +98,26 @@ def load_real_set(set_dir: str | Path, index_path: str | Path) -> tuple[torch.Te
     return images, labels
 
 
+def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Per-image separable Gaussian blur of [B, 3, H, W] with standard deviations ``sigma`` [B]."""
+    radius = 6
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
+    k = torch.exp(-(t[None, :] ** 2) / (2 * sigma[:, None].clamp_min(1e-3) ** 2))  # [B, 2r+1]
+    k = k / k.sum(1, keepdim=True)
+    b, c, h, w = x.shape
+    flat = x.reshape(1, b * c, h, w)
+    kc = k.repeat_interleave(c, 0)  # [B*C, 2r+1]
+    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="replicate"), kc[:, None, None, :], groups=b * c)
+    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="replicate"), kc[:, None, :, None], groups=b * c)
+    return flat.reshape(b, c, h, w)
+
+
 def _augment(batch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random 64 px crop from 76 and horizontal flip, to [-1, 1] (as in GAN training)."""
+    """Random 64 px crop from 76, horizontal flip and (for half the batch) a Gaussian blur.
+
+    The blur (sigma up to 3 px) teaches the classifier to read colour masses rather than
+    fine shape, so it also judges the blurry birds of a briefly trained generator.
+    """
     out = torch.empty(batch.shape[0], 3, 64, 64)
     offsets = torch.randint(0, 13, (batch.shape[0], 2), generator=gen)
     flips = torch.rand(batch.shape[0], generator=gen) < 0.5
@@ -107,7 +125,11 @@ def _augment(batch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         y, x = offsets[i].tolist()
         crop = img[:, y : y + 64, x : x + 64]
         out[i] = (crop.flip(-1) if flips[i] else crop).float()
-    return out.div_(127.5).sub_(1.0)
+    out = out.div_(127.5).sub_(1.0)
+    sigma = torch.rand(batch.shape[0], generator=gen) * 3.0
+    sigma[torch.rand(batch.shape[0], generator=gen) < 0.5] = 0.0
+    blurred = _blur(out, sigma)
+    return torch.where((sigma > 0)[:, None, None, None], blurred, out)
 
 
 def centre(images: torch.Tensor) -> torch.Tensor:
