@@ -305,7 +305,11 @@ def prepare_rule_environment(source_dir: str, python: str | None) -> None:
         os.environ["PATH"] = os.pathsep.join([bindir, *rest])
 
 
-def resolve_tracking_uri(configured: str | None, run_dir: str) -> str:
-    """Config value, else ``$MLFLOW_TRACKING_URI``, else sqlite in the run directory."""
+def resolve_tracking_uri(configured: str | None, results_dir: str) -> str:
+    """Config value, else ``$MLFLOW_TRACKING_URI``, else ``<results_dir>/mlflow.db`` (sqlite).
+
+    The default store is shared by every run under one results directory, so two pipeline
+    runs (``--config run=a`` / ``run=b``) land side by side in the same MLflow experiment.
+    """
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
-    return uri or "sqlite:///" + os.path.abspath(os.path.join(run_dir, "mlflow.db"))
+    return uri or "sqlite:///" + os.path.abspath(os.path.join(results_dir, "mlflow.db"))

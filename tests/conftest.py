@@ -50,12 +50,25 @@ def tiny_shards(tiny_twin: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 @pytest.fixture(scope="session")
-def tiny_stage1_network(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def tiny_stage1_network(
+    tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
     """(network file, its directory): a tiny Stage-I G trained 14 steps on the tiny twin."""
     from tests.helpers import python_cmd, run, run_config, train_args, write_config
 
     tmp = tmp_path_factory.mktemp("stage1")
     cfg = write_config(tmp / "s1.yaml", run_config(1, epochs=2))
     out = tmp / "net1.pt"
-    run(python_cmd(*train_args(cfg, tiny_shards / "train-64", tmp / "work", out, "--metrics-out", str(tmp / "m.json"))))
+    run(
+        python_cmd(
+            *train_args(
+                cfg,
+                tiny_shards / "train-64",
+                tmp / "work",
+                out,
+                "--metrics-out",
+                str(tmp / "m.json"),
+            )
+        )
+    )
     return out, tmp

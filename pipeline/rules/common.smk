@@ -38,8 +38,8 @@ CONDA_TRAIN = "../../envs/train.yaml"
 
 
 def tracking_uri():
-    """Configured URI, else $MLFLOW_TRACKING_URI, else sqlite in the run directory."""
-    return resolve_tracking_uri(config["mlflow"].get("tracking_uri"), RUN)
+    """Configured URI, else $MLFLOW_TRACKING_URI, else sqlite shared by all runs in results_dir."""
+    return resolve_tracking_uri(config["mlflow"].get("tracking_uri"), config["results_dir"])
 
 
 def raw_data_args():

@@ -107,8 +107,12 @@ def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     b, c, h, w = x.shape
     flat = x.reshape(1, b * c, h, w)
     kc = k.repeat_interleave(c, 0)  # [B*C, 2r+1]
-    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="replicate"), kc[:, None, None, :], groups=b * c)
-    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="replicate"), kc[:, None, :, None], groups=b * c)
+    flat = F.conv2d(
+        F.pad(flat, (radius, radius, 0, 0), mode="replicate"), kc[:, None, None, :], groups=b * c
+    )
+    flat = F.conv2d(
+        F.pad(flat, (0, 0, radius, radius), mode="replicate"), kc[:, None, :, None], groups=b * c
+    )
     return flat.reshape(b, c, h, w)
 
 

@@ -296,7 +296,7 @@ def mlflow_runs(workdir: Path) -> tuple[Any, Any, dict[str, Any]]:
     """(client, parent run, {child run name: run}) of the smoke run's sqlite store."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'results/smoke/mlflow.db'}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'results/mlflow.db'}")
     exp = client.get_experiment_by_name("stackgan-smoke")
     assert exp is not None
     parents = client.search_runs([exp.experiment_id], filter_string="tags.stage = 'pipeline'")

@@ -475,7 +475,7 @@ def test_smoke_run_writes_every_declared_output(smoke_run: Path) -> None:
 def _client(work: Path):
     from mlflow.tracking import MlflowClient
 
-    db = work / "results" / "smoke" / "mlflow.db"
+    db = work / "results" / "mlflow.db"
     assert db.is_file(), db
     return MlflowClient(tracking_uri=f"sqlite:///{db}")
 
