@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -93,7 +94,7 @@ def worker(args: argparse.Namespace) -> None:
         "num_workers": 0,
     }
     model = {"arch": args.arch}
-    tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    tmp = Path(args.tmpdir)  # shared by every rank of this case; the driver removes it
     stage1_file = None
     if args.stage == 2:
         cfg1 = from_dict(RunConfig, {"stage": 1, "model": model})
@@ -122,6 +123,12 @@ def worker(args: argparse.Namespace) -> None:
             step += 1
 
     stamps: list[float] = []
+    losses: list[tuple[float, float]] = []
+
+    def on_step(step: int, metrics: dict[str, float]) -> None:
+        stamps.append(time.perf_counter())
+        losses.append((float(metrics["loss_d"]), float(metrics["loss_g"])))
+
     training_loop(
         cfg=cfg,
         stage=stage,
@@ -130,7 +137,7 @@ def worker(args: argparse.Namespace) -> None:
         workdir=tmp / "work",
         out_network=tmp / "net.pt",
         info=info,
-        step_callback=lambda step, metrics: stamps.append(time.perf_counter()),
+        step_callback=on_step,
     )
     times = (
         [b - a for a, b in zip(stamps[args.warmup - 1 : -1], stamps[args.warmup :], strict=True)]
@@ -139,7 +146,11 @@ def worker(args: argparse.Namespace) -> None:
     )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if info.is_main:
-        print(json.dumps({"step_s": times, "peak_rss": rss, "world": info.world_size}))
+        print(
+            json.dumps(
+                {"step_s": times, "peak_rss": rss, "world": info.world_size, "losses": losses}
+            )
+        )
     dist_utils.shutdown()
 
 
@@ -178,7 +189,12 @@ def run_case(
     else:
         cmd = [sys.executable, script, *args]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    tmp = tempfile.mkdtemp(prefix="bench-train-")
+    try:
+        cmd += ["--tmpdir", tmp]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # networks and checkpoints: up to GBs per case
     if proc.returncode != 0:
         return {
             "error": proc.stderr.strip().splitlines()[-1]
@@ -212,6 +228,7 @@ def main() -> int:
     p.add_argument("--stage", type=int, help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     p.add_argument("--mode", help=argparse.SUPPRESS)
+    p.add_argument("--tmpdir", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         worker(args)
@@ -229,7 +246,10 @@ def main() -> int:
     print(
         f"# arch {args.arch}, ranks {args.ranks}, {args.warmup} warm-up + {args.steps} timed steps per case"
     )
-    print("stage  batch  mode           step s (median)   img/s   GFLOP/s   MFU     peak RSS GiB")
+    print(
+        "stage  batch  mode           step s (median)   img/s   GFLOP/s   MFU     peak RSS GiB"
+        "   mean loss_d/loss_g (max rel. diff to fp32 per step)"
+    )
     model = ModelConfig(arch=args.arch)
     g_fakes = "reuse" if args.arch == "pytorch" else "redraw"
     for case in args.cases:
@@ -237,6 +257,7 @@ def main() -> int:
         flops = (
             training_step_flops(model, stage, 2, g_step_fakes=g_fakes)["total"] / 2
         )  # per image, nominal
+        reference: list[list[float]] | None = None
         for mode in args.modes:
             r = run_case(args.arch, stage, batch, mode, args.ranks, args.warmup, args.steps)
             if "error" in r:
@@ -246,9 +267,23 @@ def main() -> int:
             imgs = batch * r["world"] / med
             gflops = flops * imgs / 1e9
             peak = peaks["bf16" if "bf16" in mode else "fp32"]
+            losses = r["losses"]
+            agree = ""
+            if mode == "fp32":
+                reference = losses
+            elif reference is not None:
+                rel = max(
+                    abs(a - b) / max(abs(b), 1e-6)
+                    for step, ref in zip(losses, reference, strict=True)
+                    for a, b in zip(step, ref, strict=True)
+                )
+                agree = f" ({100 * rel:.1f}%)"
+            mean_d = statistics.fmean(v[0] for v in losses)
+            mean_g = statistics.fmean(v[1] for v in losses)
             print(
                 f"{stage:>5}  {batch:>5}  {mode:<13}  {med:8.2f} ({min(r['step_s']):.2f}-{max(r['step_s']):.2f})"
-                f"  {imgs:6.1f}  {gflops:8.0f}  {100 * gflops / peak:5.1f}%  {r['peak_rss'] / 2**30:8.2f}",
+                f"  {imgs:6.1f}  {gflops:8.0f}  {100 * gflops / peak:5.1f}%  {r['peak_rss'] / 2**30:8.2f}"
+                f"   {mean_d:.4f}/{mean_g:.4f}{agree}",
                 flush=True,
             )
     return 0
