@@ -157,6 +157,10 @@ def worker(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------- driver
 
 
+def _rel(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(b), 1e-6)
+
+
 def run_case(
     arch: str, stage: int, batch: int, mode: str, ranks: int, warmup: int, steps: int
 ) -> dict:
@@ -248,7 +252,7 @@ def main() -> int:
     )
     print(
         "stage  batch  mode           step s (median)   img/s   GFLOP/s   MFU     peak RSS GiB"
-        "   mean loss_d/loss_g (max rel. diff to fp32 per step)"
+        "   mean loss_d/loss_g (rel. diff to fp32: step 1, mean)"
     )
     model = ModelConfig(arch=args.arch)
     g_fakes = "reuse" if args.arch == "pytorch" else "redraw"
@@ -272,12 +276,17 @@ def main() -> int:
             if mode == "fp32":
                 reference = losses
             elif reference is not None:
-                rel = max(
-                    abs(a - b) / max(abs(b), 1e-6)
-                    for step, ref in zip(losses, reference, strict=True)
-                    for a, b in zip(step, ref, strict=True)
+                # Step 1 starts from identical weights and data: pure numeric agreement.
+                # Later steps follow diverging GAN trajectories; their mean is shown too.
+                first = max(_rel(a, b) for a, b in zip(losses[0], reference[0], strict=True))
+                means = max(
+                    _rel(
+                        statistics.fmean(v[i] for v in losses),
+                        statistics.fmean(v[i] for v in reference),
+                    )
+                    for i in (0, 1)
                 )
-                agree = f" ({100 * rel:.1f}%)"
+                agree = f" (step 1: {100 * first:.1f}%, mean: {100 * means:.1f}%)"
             mean_d = statistics.fmean(v[0] for v in losses)
             mean_g = statistics.fmean(v[1] for v in losses)
             print(
