@@ -34,6 +34,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from stackgan.data import format as fmt
+from stackgan.data.tarstream import tar_samples
 
 CaptionMode = Literal["single", "mean4"]
 CAPTION_MODES: tuple[str, ...] = ("single", "mean4")
@@ -133,7 +134,7 @@ def _raw_samples(spec: StreamSpec, epoch: int, lane: int) -> Iterator[dict]:
     )
     pipeline = wds.DataPipeline(
         shards,
-        wds.tarfile_to_samples(),
+        tar_samples,  # the project's shards; same samples as wds.tarfile_to_samples, faster
         wds.shuffle(spec.shuffle_buffer, initial=spec.shuffle_initial, rng=random.Random(base + 1)),
     )
     return iter(pipeline)
@@ -142,6 +143,34 @@ def _raw_samples(spec: StreamSpec, epoch: int, lane: int) -> Iterator[dict]:
 def _decode_image(data: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as img:
         return np.asarray(img.convert("RGB"))
+
+
+_NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...]]] = {}
+
+
+def _load_npy(data: bytes) -> np.ndarray:
+    """``np.load`` of an in-memory .npy, with each distinct header parsed only once.
+
+    Every sample of a shard set has the same header, and parsing it (``ast``) costs as
+    much as the rest of the sample; objects and Fortran order are refused.
+    """
+    if data[:8] != b"\x93NUMPY\x01\x00":
+        return np.load(io.BytesIO(data), allow_pickle=False)  # other versions: the slow path
+    end = 10 + int.from_bytes(data[8:10], "little")
+    header = data[10:end]
+    parsed = _NPY_HEADERS.get(header)
+    if parsed is None:
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(io.BytesIO(data[:end][8:]))
+        if fortran or dtype.hasobject:
+            return np.load(io.BytesIO(data), allow_pickle=False)  # raises for objects
+        parsed = _NPY_HEADERS.setdefault(header, (dtype, shape))
+    dtype, shape = parsed
+    count = int(np.prod(shape))
+    if len(data) - end != count * dtype.itemsize:
+        raise ValueError(
+            f".npy member: expected {count * dtype.itemsize} data bytes, got {len(data) - end}"
+        )
+    return np.frombuffer(data, dtype=dtype, count=count, offset=end).reshape(shape)
 
 
 def _choose_embedding(emb: np.ndarray, mode: str, rng: np.random.Generator) -> np.ndarray:
@@ -168,7 +197,7 @@ def make_batch(
         x, y = (int(v) for v in rng.integers(0, span + 1, size=2))
         crop = img[y : y + size, x : x + size]
         images[i] = crop[:, ::-1] if rng.random() < 0.5 else crop
-        emb = np.load(io.BytesIO(sample[fmt.KEY_EMB]), allow_pickle=False)
+        emb = _load_npy(sample[fmt.KEY_EMB])
         embs.append(_choose_embedding(emb, spec.caption_mode, rng))
         classes.append(int(sample[fmt.KEY_CLS]))
         indices.append(int(sample["__key__"][1:]))
