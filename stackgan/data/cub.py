@@ -26,6 +26,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -101,6 +102,18 @@ class Sample:
     captions: tuple[str, ...] | None
 
 
+@dataclass(frozen=True)
+class EmbeddingRow:
+    """One embedding row: ``source`` itself, or row ``index`` of a lazy ``source``."""
+
+    source: Any
+    index: int | None
+
+    def read(self) -> np.ndarray:
+        row = self.source if self.index is None else self.source[self.index]
+        return np.asarray(row, dtype=np.float32)
+
+
 class EmbeddingStore:
     """Row access to the embeddings pickle: ndarray, LazyArray or a list of either."""
 
@@ -114,6 +127,16 @@ class EmbeddingStore:
     def __getitem__(self, index: int) -> np.ndarray:
         row = self._source[index]  # type: ignore[index]
         return np.asarray(row, dtype=np.float32)
+
+    def row_ref(self, index: int) -> EmbeddingRow:
+        """A small picklable reference to row ``index``, read with :meth:`EmbeddingRow.read`.
+
+        Lazy rows stay lazy (no data is read here), so worker processes can read them.
+        """
+        src = self._source
+        if isinstance(src, LazyArray):
+            return EmbeddingRow(src, index)
+        return EmbeddingRow(src[index], None)  # type: ignore[index]
 
     def check(
         self, expected_rows: int, text_dim: int = TEXT_DIM, num_captions: int = NUM_CAPTIONS

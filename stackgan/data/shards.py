@@ -21,14 +21,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import itertools
 import json
 import logging
 import math
 import multiprocessing as mp
 import os
 import sys
-import tarfile
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ from stackgan.data.cub import (
     SPLITS,
     DataPaths,
     DataValidationError,
+    EmbeddingRow,
     Problem,
     Sample,
     SplitData,
@@ -51,6 +53,7 @@ from stackgan.data.cub import (
     paths_from_args,
     read_dataset,
 )
+from stackgan.data.tarstream import BLOCK, end_of_archive, ustar_header
 from stackgan.fileio import atomic_path, sha256_file, write_json
 
 log = logging.getLogger(__name__)
@@ -113,6 +116,7 @@ class _Job:
     resize: str
     hr_format: str
     jpeg_quality: int
+    embedding: EmbeddingRow | None = None  # read and serialised in the worker
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,7 @@ class _Result:
     size: tuple[int, int] = (0, 0)
     mode: str = ""
     sha256: str = ""
+    emb_npy: bytes = b""
     error: str | None = None
 
 
@@ -150,6 +155,7 @@ def _process(job: _Job) -> _Result:
             size=size,
             mode=mode,
             sha256=hashlib.sha256(raw).hexdigest(),
+            emb_npy=_npy_bytes(job.embedding.read()) if job.embedding is not None else b"",
         )
     except FileNotFoundError:
         return _Result(job.index, error=f"{job.path}: image file not found")
@@ -160,28 +166,59 @@ def _process(job: _Job) -> _Result:
         )
 
 
-def _bounded_imap(jobs: Sequence[_Job], workers: int, window: int = 256) -> Iterator[_Result]:
-    """Ordered results with at most ``window`` jobs in flight (bounded memory)."""
+def _process_chunk(jobs: Sequence[_Job]) -> list[_Result]:
+    return [_process(job) for job in jobs]
+
+
+def _bounded_imap(
+    jobs: Sequence[_Job], workers: int, window: int = 256, chunk: int = 4
+) -> Iterator[_Result]:
+    """Results in job order, with at most ``window`` jobs in flight (bounded memory).
+
+    A sliding window: each result handed out lets another chunk start, so the workers
+    never wait for a slow chunk at a window boundary.
+    """
     if workers <= 1:
         yield from map(_process, jobs)
         return
+    chunks = (jobs[i : i + chunk] for i in range(0, len(jobs), chunk))
     ctx = mp.get_context("fork")
     with ctx.Pool(workers) as pool:
-        for start in range(0, len(jobs), window):
-            yield from pool.imap(_process, jobs[start : start + window], chunksize=4)
+        pending: deque = deque()
+        for part in itertools.islice(chunks, max(1, window // chunk)):
+            pending.append(pool.apply_async(_process_chunk, (part,)))
+        while pending:
+            results = pending.popleft().get()
+            part = next(chunks, None)
+            if part is not None:
+                pending.append(pool.apply_async(_process_chunk, (part,)))
+            yield from results
 
 
 # --------------------------------------------------------------------------- tar writing
 
 
-def _tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0
-    info.mode = 0o444
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
+class _HashingFile:
+    """Write-only file wrapper that hashes what passes through (no re-read for the manifest)."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        return self._file.write(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
 
 
 class _ShardSet:
@@ -195,29 +232,35 @@ class _ShardSet:
             per_shard,
         )
         self.shards: list[dict[str, object]] = []
-        self._tar: tarfile.TarFile | None = None
+        self._file: _HashingFile | None = None
         self._tmp: Path | None = None
         self._count = 0
 
     def _open(self) -> None:
         name = fmt.shard_name(self.split, self.resolution, len(self.shards))
         self._tmp = self.set_dir / f".{name}.tmp"
-        self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115 - closed in _close/abort
+        self._file = _HashingFile(self._tmp)
         self._count = 0
 
     def write(self, key: str, members: dict[str, bytes]) -> None:
-        if self._tar is None:
+        if self._file is None:
             self._open()
-        for ext, data in members.items():
-            _tar_member(self._tar, f"{key}.{ext}", data)  # type: ignore[arg-type]
+        out = self._file
+        assert out is not None
+        for ext, data in members.items():  # the bytes tarfile would write (tested)
+            out.write(ustar_header(f"{key}.{ext}", len(data)))
+            out.write(data)
+            out.write(b"\0" * (-len(data) % BLOCK))
         self._count += 1
         if self._count >= self.per_shard:
             self._close()
 
     def _close(self) -> None:
-        if self._tar is None:
+        hashed = self._file
+        if hashed is None:
             return
-        self._tar.close()
+        hashed.write(end_of_archive(hashed.size))
+        hashed.close()
         name = fmt.shard_name(self.split, self.resolution, len(self.shards))
         final = self.set_dir / name
         os.replace(self._tmp, final)  # type: ignore[arg-type]
@@ -225,21 +268,21 @@ class _ShardSet:
             {
                 "name": name,
                 "count": self._count,
-                "bytes": final.stat().st_size,
-                "sha256": sha256_file(final),
+                "bytes": hashed.size,
+                "sha256": hashed.sha256.hexdigest(),
             }
         )
-        self._tar, self._tmp = None, None
+        self._file, self._tmp = None, None
 
     def finish(self) -> list[dict[str, object]]:
         self._close()
         return self.shards
 
     def abort(self) -> None:
-        if self._tar is not None:
-            self._tar.close()
+        if self._file is not None:
+            self._file.close()
             Path(self._tmp).unlink(missing_ok=True)  # type: ignore[arg-type]
-            self._tar = None
+            self._file = None
 
 
 def _clear_set(set_dir: Path, split: str, resolution: int) -> None:
@@ -299,18 +342,56 @@ def write_index(path: Path, data: SplitData, samples: Sequence[Sample]) -> None:
             "embeddings", shape=shape, dtype=np.float32, chunks=(1, *shape[1:]) if n else None
         )
         caps = h5.create_dataset("captions", shape=(n, shape[1]), dtype=str_dt)
-        for row, s in enumerate(samples):
-            emb[row] = data.embeddings[s.index]
-            caps[row] = list(s.captions) if s.captions is not None else [""] * shape[1]
+        block = 256  # rows per HDF5 write: few calls, bounded memory
+        for start in range(0, n, block):
+            rows = samples[start : start + block]
+            emb[start : start + len(rows)] = np.stack([data.embeddings[s.index] for s in rows])
+            caps[start : start + len(rows)] = np.array(
+                [list(s.captions) if s.captions is not None else [""] * shape[1] for s in rows],
+                dtype=object,
+            )
         h5.attrs["split"] = data.split
         h5.attrs["format_version"] = fmt.FORMAT_VERSION
         h5.attrs["has_captions"] = any(s.captions is not None for s in samples)
 
 
+def _plan_split(data: SplitData, opts: ShardOptions) -> tuple[list[Sample], list[_Job]]:
+    """The split's samples in shard order (seeded shuffle, known-bad ones left out) and jobs."""
+    if data.problems and opts.on_bad_image == "error":
+        raise DataValidationError(
+            [p.detail for p in data.problems] + ["(set on_bad_image: skip to skip these images)"]
+        )
+    bad = {p.index for p in data.problems}
+    candidates = [s for s in data.samples if s.index not in bad]
+    order = np.random.default_rng(opts.shuffle_seed).permutation(len(candidates))
+    ordered = [candidates[i] for i in order]
+    jobs = [
+        _Job(
+            s.index,
+            str(s.image_path),
+            s.bbox,
+            opts.resize,
+            opts.hr_format,
+            opts.jpeg_quality,
+            data.embeddings.row_ref(s.index),
+        )
+        for s in ordered
+    ]
+    return ordered, jobs
+
+
 def build_split(
-    data: SplitData, out_dir: str | Path, opts: ShardOptions, *, progress: bool = True
+    data: SplitData,
+    out_dir: str | Path,
+    opts: ShardOptions,
+    *,
+    progress: bool = True,
+    results: Iterator[_Result] | None = None,
 ) -> dict:
     """Write both shard sets, the index and the manifests for one validated split.
+
+    ``results``: the processed images of this split's jobs, in job order (from a pool
+    shared across splits); ``None`` processes them here.
 
     Returns:
         A summary with per-set sample counts and the skipped items.
@@ -320,28 +401,16 @@ def build_split(
     """
     out = Path(out_dir)
     split = data.split
-    skipped: list[dict[str, object]] = []
-    if data.problems:
-        if opts.on_bad_image == "error":
-            raise DataValidationError(
-                [p.detail for p in data.problems]
-                + ["(set on_bad_image: skip to skip these images)"]
-            )
-        skipped += [p.as_dict() for p in data.problems]
-    bad = {p.index for p in data.problems}
-    candidates = [s for s in data.samples if s.index not in bad]
-    order = np.random.default_rng(opts.shuffle_seed).permutation(len(candidates))
-    ordered = [candidates[i] for i in order]
+    ordered, jobs = _plan_split(data, opts)
+    if results is None:
+        results = _bounded_imap(jobs, opts.workers)
+    skipped: list[dict[str, object]] = [p.as_dict() for p in data.problems]
     per_shard = samples_per_shard(len(ordered), opts)
     sets = {res: out / fmt.set_name(split, res) for res in fmt.RESOLUTIONS}
     for res, d in sets.items():
         _clear_set(d, split, res)
     (out / fmt.index_name(split)).unlink(missing_ok=True)
     writers = {res: _ShardSet(d, split, res, per_shard) for res, d in sets.items()}
-    jobs = [
-        _Job(s.index, str(s.image_path), s.bbox, opts.resize, opts.hr_format, opts.jpeg_quality)
-        for s in ordered
-    ]
     by_index = {s.index: s for s in ordered}
     digests: dict[int, str] = {}
     start = time.perf_counter()
@@ -356,7 +425,7 @@ def build_split(
             disable=not progress,
             file=sys.stderr,
         )
-        for result in _bounded_imap(jobs, opts.workers):
+        for result in itertools.islice(results, len(jobs)):
             bar.update(1)
             sample = by_index[result.index]
             if result.error is not None:
@@ -385,7 +454,7 @@ def build_split(
                 "orig_mode": result.mode,
             }
             common = {
-                fmt.KEY_EMB: _npy_bytes(data.embeddings[sample.index]),
+                fmt.KEY_EMB: result.emb_npy,
                 fmt.KEY_CLS: str(sample.class_id).encode(),
             }
             key = fmt.sample_key(sample.index)
@@ -458,7 +527,16 @@ def build_shards(
     for d in data.values():
         for w in d.warnings:
             log.warning("%s", w)
-    return [build_split(data[s], out_dir, opts, progress=progress) for s in splits]
+    # One pool for all splits, fed in split order: while a split's index and manifests
+    # are written, the workers already process the next split's images.
+    jobs = [job for s in splits for job in _plan_split(data[s], opts)[1]]
+    results = _bounded_imap(jobs, opts.workers)
+    try:
+        return [
+            build_split(data[s], out_dir, opts, progress=progress, results=results) for s in splits
+        ]
+    finally:
+        results.close()  # stops the pool if a split failed
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:

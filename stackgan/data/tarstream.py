@@ -1,4 +1,4 @@
-"""Fast reader of the project's own shard tars, as WebDataset samples.
+"""Fast reader and writer of the project's own shard tars (WebDataset samples).
 
 The shards (:mod:`stackgan.data.shards`) are plain USTAR archives of regular files with
 short names, 4 members per sample. Python's ``tarfile`` spends more time parsing their
@@ -7,7 +7,9 @@ here instead: one 512-byte header per member, checksum verified, sizes from the 
 field. Anything this reader does not expect (a link, a PAX or GNU long-name header, a
 bad checksum, a truncated member) is an error naming the shard and the byte offset;
 shards from other tools can still be read with ``webdataset.tarfile_to_samples``, which
-yields the same samples in the same order (tested).
+yields the same samples in the same order (tested). The writer side,
+:func:`ustar_header`, produces the same bytes as ``tarfile`` does for these members
+(tested) at a fraction of the cost.
 """
 
 from __future__ import annotations
@@ -19,6 +21,35 @@ from typing import Any, BinaryIO
 BLOCK = 512
 _KEY_RE = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # base, extensions (WebDataset's rule)
 _REGULAR = (b"0", b"\0")
+
+
+RECORD = 20 * BLOCK  # tarfile's default record size: archives are padded to a multiple
+
+
+def ustar_header(name: str, size: int) -> bytes:
+    """The 512-byte USTAR header ``tarfile`` writes for a regular file with mode 0444,
+    uid/gid 0, empty user/group names and mtime 0 (the shard writer's members)."""
+    raw = name.encode("utf-8")
+    if len(raw) > 100:
+        raise ValueError(f"tar member name {name!r} is longer than 100 bytes")
+    header = bytearray(BLOCK)
+    header[0 : len(raw)] = raw
+    header[100:108] = b"0000444\0"  # mode
+    header[108:116] = b"0000000\0"  # uid
+    header[116:124] = b"0000000\0"  # gid
+    header[124:136] = b"%011o\0" % size
+    header[136:148] = b"00000000000\0"  # mtime
+    header[148:156] = b" " * 8  # checksum placeholder
+    header[156:157] = b"0"  # regular file
+    header[257:265] = b"ustar\x0000"
+    header[148:155] = b"%06o\0" % sum(header)
+    return bytes(header)
+
+
+def end_of_archive(written: int) -> bytes:
+    """Two zero blocks, then zeros up to the next full record (as ``tarfile.close``)."""
+    total = written + 2 * BLOCK
+    return b"\0" * (2 * BLOCK + (-total % RECORD))
 
 
 class ShardFormatError(ValueError):

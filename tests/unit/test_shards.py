@@ -172,3 +172,19 @@ def test_png_option_for_the_256_set(tiny_twin, tmp_path):
     sample = _read_set(tmp_path / "test-256")[0]
     assert "png" in sample and "jpg" not in sample
     assert json.loads((tmp_path / "test-256" / fmt.MANIFEST).read_text())["image_member"] == "png"
+
+
+def _slow_square(job):
+    import time
+
+    time.sleep(0.001 * (job % 3))  # uneven job times, so chunks finish out of order
+    return job * job
+
+
+def test_bounded_imap_keeps_order_across_window_refills(monkeypatch):
+    from stackgan.data import shards
+
+    monkeypatch.setattr(shards, "_process", _slow_square)  # inherited by the forked workers
+    jobs = list(range(53))
+    assert list(shards._bounded_imap(jobs, workers=2, window=8, chunk=3)) == [j * j for j in jobs]
+    assert list(shards._bounded_imap(jobs, workers=1)) == [j * j for j in jobs]

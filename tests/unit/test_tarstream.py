@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tarfile
 from pathlib import Path
@@ -104,3 +105,32 @@ def test_npy_objects_are_refused() -> None:
     np.save(buf, np.array([1, "x"], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match="allow_pickle=False"):
         _load_npy(buf.getvalue())
+
+
+def test_shard_writer_writes_the_bytes_tarfile_writes(tmp_path: Path) -> None:
+    from stackgan.data.shards import _ShardSet
+    from stackgan.data.tarstream import ustar_header
+
+    members = {
+        "s000001": {"png": b"\x89PNG" * 300, "emb.npy": b"\x93NUMPY" + b"\0" * 4000, "cls": b"7"},
+        "s000002": {"png": b"", "emb.npy": b"x" * 512, "cls": b"12"},
+    }
+    writer = _ShardSet(tmp_path, "train", 64, per_shard=10)
+    for key, m in members.items():
+        writer.write(key, m)
+    (shard,) = writer.finish()
+    ours = (tmp_path / str(shard["name"])).read_bytes()
+    expected = io.BytesIO()
+    with tarfile.open(fileobj=expected, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, m in members.items():
+            for ext, data in m.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime, info.mode = len(data), 0, 0o444
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(data))
+    assert ours == expected.getvalue()
+    assert shard["bytes"] == len(ours) and shard["count"] == 2
+    assert shard["sha256"] == hashlib.sha256(ours).hexdigest()
+    with pytest.raises(ValueError, match="longer than 100 bytes"):
+        ustar_header("n" * 101, 1)
