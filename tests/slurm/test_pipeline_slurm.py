@@ -36,6 +36,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.helpers import SMOKE_OUTPUTS
+
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,40 +97,6 @@ def expected_allocations(eval_cpus: int) -> dict[str, tuple[int, int, int]]:
         out[f"train_stage{stage}"] = (t["cpus_per_task"], t["mem_mb"], t["gpus"])
     assert all(out[r][2] >= 1 for r in GPU_RULES), "the smoke preset must request (fake) GPUs"
     return out
-
-
-SMOKE_OUTPUTS = [
-    "results/data/twin/raw/twin.json",
-    "results/data/twin/validation.json",
-    *(
-        f"results/data/twin/shards/{split}-{res}/manifest.json"
-        for split in ("train", "test")
-        for res in (64, 256)
-    ),
-    "results/data/twin/shards/train-index.h5",
-    "results/data/twin/shards/test-index.h5",
-    "results/data/twin/attribute_classifier.pt",
-    "results/data/twin/attribute_classifier.json",
-    "results/smoke/mlflow/parent_run_id.txt",
-    *(
-        f"results/smoke/stage{s}/{name}"
-        for s in (1, 2)
-        for name in (
-            "run_config.yaml",
-            "network-final.pt",
-            "metrics.json",
-            "loss_curves.png",
-            "samples.png",
-        )
-    ),
-    *(
-        f"results/smoke/eval/stage{s}/{name}"
-        for s in (1, 2)
-        for name in ("metrics.json", "grid.png")
-    ),
-    "results/smoke/summary.json",
-    "results/smoke/metrics.html",
-]
 
 
 # --------------------------------------------------------------------------- helpers

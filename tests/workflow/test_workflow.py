@@ -25,6 +25,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.helpers import SMOKE_OUTPUTS
+
 pytestmark = pytest.mark.workflow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,39 +58,6 @@ PAPER_JOBS = {
     k: v for k, v in TWIN_JOBS.items() if k not in ("make_twin", "train_attribute_classifier")
 }
 
-# Every declared output of the smoke run (relative to its working directory).
-SMOKE_OUTPUTS = [
-    "results/data/twin/raw/twin.json",
-    "results/data/twin/validation.json",
-    *(
-        f"results/data/twin/shards/{split}-{res}/manifest.json"
-        for split in ("train", "test")
-        for res in (64, 256)
-    ),
-    "results/data/twin/shards/train-index.h5",
-    "results/data/twin/shards/test-index.h5",
-    "results/data/twin/attribute_classifier.pt",
-    "results/data/twin/attribute_classifier.json",
-    "results/smoke/mlflow/parent_run_id.txt",
-    *(
-        f"results/smoke/stage{s}/{name}"
-        for s in (1, 2)
-        for name in (
-            "run_config.yaml",
-            "network-final.pt",
-            "metrics.json",
-            "loss_curves.png",
-            "samples.png",
-        )
-    ),
-    *(
-        f"results/smoke/eval/stage{s}/{name}"
-        for s in (1, 2)
-        for name in ("metrics.json", "grid.png")
-    ),
-    "results/smoke/summary.json",
-    "results/smoke/metrics.html",
-]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TRAIN_METRICS = {
     "loss_d",
