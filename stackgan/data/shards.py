@@ -171,7 +171,7 @@ def _process_chunk(jobs: Sequence[_Job]) -> list[_Result]:
 
 
 def _bounded_imap(
-    jobs: Sequence[_Job], workers: int, window: int = 256, chunk: int = 4
+    jobs: Sequence[_Job], workers: int, window: int = 256, chunk: int = 32
 ) -> Iterator[_Result]:
     """Results in job order, with at most ``window`` jobs in flight (bounded memory).
 
