@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +163,40 @@ SMOKE_OUTPUTS = [
     "results/smoke/summary.json",
     "results/smoke/metrics.html",
 ]
+
+
+# Metrics every training run logs per step (metrics.jsonl and MLflow).
+TRAIN_METRICS = {
+    "loss_d",
+    "loss_g",
+    "kl",
+    "d_real",
+    "d_wrong",
+    "d_fake",
+    "lr_g",
+    "img_per_s",
+    "data_wait_frac",
+}
+
+
+def clean_env() -> dict[str, str]:
+    """This environment without anything that would redirect MLflow or fake a SLURM job."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MLFLOW_", "SLURM_", "SBATCH_", "SRUN_"))
+    }
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    return env
+
+
+def wait_until(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.3) -> Any:
+    """Poll ``pred`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)

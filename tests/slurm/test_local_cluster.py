@@ -12,12 +12,13 @@ import os
 import re
 import socket
 import subprocess
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.slurm
 
@@ -36,18 +37,6 @@ def sh(*args: str, timeout: float = CMD_TIMEOUT_S, check: bool = True) -> str:
             f"{' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
         )
     return proc.stdout
-
-
-def wait_until(pred: Callable[[], object], timeout: float, what: str, interval: float = 0.3):
-    """Poll ``pred`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def node_gpus() -> int:

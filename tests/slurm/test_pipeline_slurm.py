@@ -26,7 +26,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -36,7 +35,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers import SMOKE_OUTPUTS
+from tests.helpers import SMOKE_OUTPUTS, clean_env, wait_until
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 
@@ -109,28 +108,6 @@ def sh(*args: str, timeout: float = CMD_TIMEOUT_S, check: bool = True) -> str:
             f"{' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
         )
     return proc.stdout
-
-
-def wait_until(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
-
-def clean_env() -> dict[str, str]:
-    """No MLflow redirection, no SLURM variables of an enclosing job (sbatch --export=ALL)."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("MLFLOW_", "SLURM_", "SBATCH_", "SRUN_"))
-    }
-    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
-    return env
 
 
 class PipelineRun:

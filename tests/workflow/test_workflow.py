@@ -14,7 +14,6 @@ import base64
 import hashlib
 import json
 import math
-import os
 import re
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers import SMOKE_OUTPUTS
+from tests.helpers import SMOKE_OUTPUTS, TRAIN_METRICS, clean_env
 
 pytestmark = pytest.mark.workflow
 
@@ -59,31 +58,9 @@ PAPER_JOBS = {
 }
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-TRAIN_METRICS = {
-    "loss_d",
-    "loss_g",
-    "kl",
-    "d_real",
-    "d_wrong",
-    "d_fake",
-    "lr_g",
-    "img_per_s",
-    "data_wait_frac",
-}
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def clean_env() -> dict[str, str]:
-    """This environment without anything that would redirect MLflow or fake a SLURM job."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("MLFLOW_", "SLURM_", "SBATCH_", "SRUN_"))
-    }
-    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
-    return env
 
 
 def snakemake(cwd: Path, *args: str, timeout: int = DRY_TIMEOUT_S) -> subprocess.CompletedProcess:
