@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import itertools
 import logging
 import os
 import re
@@ -96,8 +95,8 @@ class TwinClass:
 class TwinSpec:
     """Arguments that fully determine a twin."""
 
-    num_classes: int = 20
-    images_per_class: int = 12
+    num_classes: int = 200  # like CUB-200 (150 train / 50 test)
+    images_per_class: int = 60  # CUB-scale: 12,000 images at 200 classes
     seed: int = 0
     min_side: int = 240
     max_side: int = 500
@@ -108,8 +107,8 @@ class TwinSpec:
     noise: float = 0.02  # std of the per-caption embedding noise
 
     def __post_init__(self) -> None:
-        if not 2 <= self.num_classes <= len(COLOUR_NAMES) * (len(COLOUR_NAMES) - 1) * len(SIZES):
-            raise ValueError(f"num_classes must be in [2, 270], got {self.num_classes}")
+        if not 2 <= self.num_classes <= MAX_CLASSES:
+            raise ValueError(f"num_classes must be in [2, {MAX_CLASSES}], got {self.num_classes}")
         if self.images_per_class < 1:
             raise ValueError(f"images_per_class must be >= 1, got {self.images_per_class}")
         if not 32 <= self.min_side <= self.max_side:
@@ -121,43 +120,55 @@ class TwinSpec:
                 raise ValueError(f"{key} must be in [0, 1], got {getattr(self, key)}")
 
 
-def _cover(order: list[tuple[str, str, str]], count: int, taken: set) -> list[tuple[str, str, str]]:
-    """Pick ``count`` unused combos from ``order``, first ones that add a new body or wing colour."""
-    picked: list[tuple[str, str, str]] = []
-    for combo in order:
-        if len(picked) >= count:
-            break
-        new_colour = combo[0] not in {p[0] for p in picked} or combo[1] not in {
-            p[1] for p in picked
-        }
-        if combo not in taken and new_colour:
-            picked.append(combo)
-            taken.add(combo)
-    for combo in order:
-        if len(picked) >= count:
-            break
-        if combo not in taken:
-            picked.append(combo)
-            taken.add(combo)
-    return picked
+MAX_CLASSES = 200  # like CUB-200: at most 150 training and 50 test classes
+_TEST_OFFSETS = 4  # of the 9 colour offsets, see make_classes
+
+
+def _offset_pairs(offsets: list[int], colours: list[str]) -> list[tuple[str, str]]:
+    """(body, wing) pairs ``(colours[i], colours[(i + k) % n])`` for each offset ``k``, in order."""
+    n = len(colours)
+    return [(colours[i], colours[(i + k) % n]) for k in offsets for i in range(n)]
+
+
+def _with_sizes(
+    pairs: list[tuple[str, str]], count: int, rotate: int
+) -> list[tuple[str, str, str]]:
+    """The first ``count`` of: every pair with one size, then every pair with the next, ..."""
+    combos = [
+        (b, w, SIZES[(i + r + rotate) % len(SIZES)])
+        for r in range(len(SIZES))
+        for i, (b, w) in enumerate(pairs)
+    ]
+    return combos[:count]
 
 
 def make_classes(spec: TwinSpec) -> list[TwinClass]:
     """Deterministically pick ``num_classes`` distinct (body, wing, size) combinations.
 
-    The training classes (ids not divisible by 4, see :func:`split_of`) are picked first
-    so that every colour occurs as body and as wing colour in training whenever the
-    class count allows it; the test classes are other, unseen combinations.
+    The 90 ordered (body, wing) colour pairs fall into 9 "offsets" k (wing = the colour k
+    places after the body in a seeded colour order); each offset holds every colour once
+    as body and once as wing. Four offsets are reserved for the test classes (ids
+    divisible by 4, see :func:`split_of`) and five for the training classes. So a test
+    class's colour pair never occurs in training, in any size, while each of its colours
+    occurs in training as body with 5 wing colours and as wing with 5 body colours (at
+    200 classes: in 15 training classes each). Training classes take one offset at a
+    time, so even small twins see every colour as body and as wing in training.
     """
-    combos = [(b, w, s) for b, w in itertools.permutations(COLOUR_NAMES, 2) for s in SIZES]
     rng = np.random.default_rng([spec.seed, 7])
-    order = [combos[i] for i in rng.permutation(len(combos))]
+    colours = [COLOUR_NAMES[i] for i in rng.permutation(len(COLOUR_NAMES))]
+    offsets = [int(k) + 1 for k in rng.permutation(len(COLOUR_NAMES) - 1)]
+    test_pairs = _offset_pairs(offsets[:_TEST_OFFSETS], colours)
+    train_pairs = _offset_pairs(offsets[_TEST_OFFSETS:], colours)
     n_test = spec.num_classes // 4
-    taken: set[tuple[str, str, str]] = set()
-    train = iter(_cover(order, spec.num_classes - n_test, taken))
-    test = iter(_cover(order, n_test, taken))
+    train = _with_sizes(train_pairs, spec.num_classes - n_test, rotate=0)
+    seen = {b for b, _, _ in train}, {w for _, w, _ in train}
+    # Test pairs whose colours training has seen (all of them from 10 training classes on).
+    usable = [p for p in test_pairs if p[0] in seen[0] and p[1] in seen[1]] or test_pairs
+    test = _with_sizes(usable, n_test, rotate=1)
+    train_it, test_it = iter(train), iter(test)
     return [
-        TwinClass(k, *next(test if k % 4 == 0 else train)) for k in range(1, spec.num_classes + 1)
+        TwinClass(k, *next(test_it if k % 4 == 0 else train_it))
+        for k in range(1, spec.num_classes + 1)
     ]
 
 

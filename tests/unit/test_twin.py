@@ -114,6 +114,38 @@ def test_classes_cover_colours_in_training_and_are_distinct():
     assert {c.wing for c in train} == set(COLOUR_NAMES)
 
 
+def test_cub_like_split_tests_composition_not_memorisation():
+    """200 classes, 150/50; no test colour pair occurs in training (in any size), and every
+    test attribute value occurs in several training classes."""
+    for seed in (0, 1):
+        classes = make_classes(TwinSpec(num_classes=200, seed=seed))
+        train = [c for c in classes if split_of(c) == "train"]
+        test = [c for c in classes if split_of(c) == "test"]
+        assert (len(train), len(test)) == (150, 50)
+        assert len({(c.body, c.wing, c.size) for c in classes}) == 200
+        train_pairs = {(c.body, c.wing) for c in train}
+        assert not any((c.body, c.wing) in train_pairs for c in test)
+        for c in test:
+            assert sum(t.body == c.body for t in train) >= 5, c
+            assert sum(t.wing == c.wing for t in train) >= 5, c
+            assert sum(t.size == c.size for t in train) >= 5, c
+            # the body colour is seen with several wing colours, and the wing with several bodies
+            assert len({t.wing for t in train if t.body == c.body}) >= 3
+            assert len({t.body for t in train if t.wing == c.wing}) >= 3
+
+
+def test_small_twins_keep_the_split_properties():
+    for n in (4, 8, 20, 40, 120):
+        classes = make_classes(TwinSpec(num_classes=n))
+        train = [c for c in classes if split_of(c) == "train"]
+        test = [c for c in classes if split_of(c) == "test"]
+        assert len(test) == n // 4 and len({(c.body, c.wing, c.size) for c in classes}) == n
+        train_pairs = {(c.body, c.wing) for c in train}
+        for c in test:
+            assert (c.body, c.wing) not in train_pairs
+            assert c.body in {t.body for t in train} and c.wing in {t.wing for t in train}
+
+
 def test_embeddings_follow_the_text():
     a = embed_caption("this small bird has a red body and blue wings.")
     b = embed_caption("a small bird with blue wings and a red belly.")
