@@ -221,7 +221,12 @@ def iter_real_images(
     manifest = json.loads((Path(set_dir) / fmt.MANIFEST).read_text())
     member = manifest["image_member"]
     samples = sorted(
-        wds.WebDataset(fmt.shard_urls(set_dir), shardshuffle=False, empty_check=False),
+        wds.WebDataset(
+            fmt.shard_urls(set_dir),
+            shardshuffle=False,
+            empty_check=False,
+            nodesplitter=_every_shard,  # every rank reads the whole set (also under DDP)
+        ),
         key=lambda s: s["__key__"],
     )
     batch: list[np.ndarray] = []
@@ -235,6 +240,10 @@ def iter_real_images(
             batch = []
     if batch:
         yield _to_tensor(batch)
+
+
+def _every_shard(urls: Iterator[str]) -> Iterator[str]:
+    return urls
 
 
 def _to_tensor(batch: list[np.ndarray]) -> torch.Tensor:

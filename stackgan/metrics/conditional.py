@@ -60,12 +60,17 @@ class AttributeClassifier(nn.Module):
         self.wing = nn.Linear(4 * w, num_colours)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _, body, wing = self.forward_features(x)
+        return body, wing
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(penultimate features [B, 4w], body logits, wing logits); 256 px input is resized."""
         if x.shape[-1] != 64 or x.shape[-2] != 64:
             x = F.interpolate(
                 x, size=(64, 64), mode="bilinear", align_corners=False, antialias=True
             )
         h = self.features(x)
-        return self.body(h), self.wing(h)
+        return h, self.body(h), self.wing(h)
 
 
 def attribute_labels(captions: Sequence[str]) -> np.ndarray:

@@ -1,0 +1,226 @@
+"""Cheap evaluation during training: is the generator learning the test captions?
+
+Every ``train.eval_every`` steps (and at the end) the training loop hands this module an
+eval-mode copy of the generator (``G_ema`` when there is one, BatchNorm statistics
+averaged over ranks). It generates a fixed set of test-split requests -- ``captions``
+test captions x ``samples_per_caption`` noise draws, seeded per chunk as in
+:mod:`stackgan.sampling` -- and scores them with the twin attribute classifier:
+
+* ``eval.{body,wing,joint}_accuracy`` with their ``_chance`` levels;
+* ``eval.twin_fid``: Frechet distance to the real test images in the classifier's
+  penultimate features (real features cached next to the training state);
+* ``eval.diversity``: within-caption feature spread relative to the real within-class spread;
+* Stage-II only: ``eval.consistency_attributes`` (Stage-I and Stage-II images get the same
+  predicted colours) and ``eval.consistency_lowfreq`` (correlation of their 8x8 block means).
+
+Generation is sharded: chunk ``c`` goes to rank ``c % world`` and the results are
+gathered in request order, so every rank returns the same numbers as a single process
+would, and no rank waits on another for long.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from stackgan import distributed as dist_utils
+from stackgan.fileio import atomic_path, sha256_file
+from stackgan.metrics import quality
+from stackgan.metrics.conditional import (
+    AttributeClassifier,
+    accuracy,
+    attribute_labels,
+    load_classifier,
+)
+from stackgan.sampling import Sampler, shard_chunks
+
+log = logging.getLogger(__name__)
+
+REAL_CACHE_FORMAT = "stackgan-monitor-real/1"
+
+
+def monitor_seed(train_seed: int) -> int:
+    """Seed of the evaluation's noise: fixed per run, apart from the training streams."""
+    return train_seed * 1_000_003 + 777
+
+
+@dataclass(frozen=True)
+class MonitorRequests:
+    """The fixed evaluation set: embeddings and wanted attributes, caption-major."""
+
+    embeddings: torch.Tensor  # [N, text_dim]
+    labels: np.ndarray  # [N, 2] (body, wing) colour indices
+    caption_ids: np.ndarray  # [N] which caption (0..captions-1) each row samples
+
+    def __len__(self) -> int:
+        return int(self.embeddings.shape[0])
+
+
+def load_requests(
+    index_path: str | Path, captions: int, samples_per_caption: int
+) -> MonitorRequests:
+    """``captions`` test captions spread evenly over the index's images, each repeated."""
+    with h5py.File(index_path, "r") as h5:
+        n_images, n_caps = h5["embeddings"].shape[:2]
+        rows = np.unique(np.linspace(0, n_images - 1, min(captions, n_images)).round().astype(int))
+        cols = np.arange(len(rows)) % n_caps
+        emb = np.stack([h5["embeddings"][r, c] for r, c in zip(rows, cols, strict=True)])
+        text = [h5["captions"][r, c] for r, c in zip(rows, cols, strict=True)]
+    text = [t.decode() if isinstance(t, bytes) else str(t) for t in text]
+    labels = attribute_labels(text)
+    if (labels < 0).any():
+        raise ValueError(
+            f"{index_path}: some captions name no body/wing colour (not a twin index?)"
+        )
+    k = samples_per_caption
+    return MonitorRequests(
+        embeddings=torch.from_numpy(np.repeat(emb.astype(np.float32), k, axis=0)),
+        labels=np.repeat(labels, k, axis=0),
+        caption_ids=np.repeat(np.arange(len(rows)), k),
+    )
+
+
+@torch.no_grad()
+def classify(
+    classifier: AttributeClassifier, images: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray]:
+    """(features [N, F] float32, predicted (body, wing) [N, 2]) of images in [-1, 1]."""
+    feats, body, wing = classifier.forward_features(images.float().cpu())
+    preds = torch.stack([body.argmax(1), wing.argmax(1)], dim=1)
+    return feats.numpy().astype(np.float32), preds.numpy()
+
+
+def real_reference(
+    classifier: AttributeClassifier,
+    classifier_path: Path,
+    real_set: Path,
+    index_path: Path,
+    cache: Path | None,
+) -> tuple[np.ndarray, float]:
+    """Real test-image features and their mean within-class pairwise distance (cached)."""
+    from stackgan.evaluation import iter_real_images
+    from stackgan.provenance import manifest_hash
+
+    key = {
+        "format": REAL_CACHE_FORMAT,
+        "classifier_sha256": sha256_file(classifier_path),
+        "set": manifest_hash(real_set),
+    }
+    if cache is not None and cache.is_file():
+        with np.load(cache, allow_pickle=False) as z:
+            if json.loads(str(z["key"])) == key:
+                return z["features"], float(z["within_class"])
+    feats = np.concatenate(
+        [classify(classifier, batch)[0] for batch in iter_real_images(real_set, size=64)]
+    )
+    with h5py.File(index_path, "r") as h5:
+        class_ids = h5["class_ids"][:]
+    if len(class_ids) != len(feats):
+        raise ValueError(
+            f"{index_path}: {len(class_ids)} rows, but {real_set} has {len(feats)} images"
+        )
+    within = quality.grouped_pairwise_distance(feats, class_ids)
+    if cache is not None:
+        with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, key=json.dumps(key), features=feats, within_class=within)
+    return feats, within
+
+
+class TrainingMonitor:
+    """The fixed test-caption evaluation, run by the training loop on every rank."""
+
+    def __init__(
+        self,
+        classifier: AttributeClassifier,
+        requests: MonitorRequests,
+        real_features: np.ndarray,
+        real_within_class: float,
+        *,
+        batch_size: int = 50,
+        seed: int = 1234,
+    ) -> None:
+        self.classifier = classifier.eval()
+        self.requests = requests
+        self.real_features = real_features
+        self.real_within_class = real_within_class
+        self.batch_size = batch_size
+        self.seed = seed
+
+    @classmethod
+    def from_files(
+        cls,
+        *,
+        classifier: Path,
+        index: Path,
+        real_set: Path,
+        captions: int,
+        samples_per_caption: int,
+        batch_size: int,
+        seed: int,
+        cache: Path | None = None,
+    ) -> TrainingMonitor:
+        """Load the classifier, the requests and the (cached) real reference."""
+        model = load_classifier(classifier)
+        feats, within = real_reference(model, classifier, real_set, index, cache)
+        requests = load_requests(index, captions, samples_per_caption)
+        return cls(model, requests, feats, within, batch_size=batch_size, seed=seed)
+
+    def evaluate(self, sampler: Sampler, info: dist_utils.DistInfo) -> dict[str, float]:
+        """Generate this rank's chunks, gather all ranks' results, compute the metrics."""
+        t0 = time.perf_counter()
+        device = info.device
+        mine = []
+        for chunk, (start, stop) in shard_chunks(
+            len(self.requests), self.batch_size, info.rank, info.world_size
+        ):
+            emb = self.requests.embeddings[start:stop].to(device)
+            samples = sampler.sample_chunk(emb, chunk, self.seed)
+            feats, preds = classify(self.classifier, samples.final)
+            part = {"start": start, "features": feats, "preds": preds}
+            if sampler.stage == 2:
+                part["preds_stage1"] = classify(self.classifier, samples.stage1)[1]
+                part["lowfreq"] = quality.low_frequency_correlation(
+                    samples.stage1.cpu(), samples.final.cpu()
+                )
+            mine.append(part)
+        parts = sorted(
+            (p for rank_parts in dist_utils.all_gather_object(mine) for p in rank_parts),
+            key=lambda p: p["start"],
+        )
+        merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "start"}
+        return self._metrics(merged, sampler.stage, time.perf_counter() - t0)
+
+    def _metrics(
+        self, merged: dict[str, np.ndarray], stage: int, seconds: float
+    ) -> dict[str, float]:
+        r = self.requests
+        out = {f"eval.{k}": float(v) for k, v in accuracy(merged["preds"], r.labels).items()}
+        out["eval.twin_fid"] = quality.twin_fid(self.real_features, merged["features"])
+        if int(np.bincount(r.caption_ids).max()) >= 2:
+            out["eval.diversity"] = quality.diversity(
+                merged["features"], r.caption_ids, self.real_within_class
+            )
+        if stage == 2:
+            agree = quality.attribute_agreement(merged["preds_stage1"], merged["preds"])
+            out["eval.consistency_attributes"] = agree["attributes"]
+            out["eval.consistency_joint"] = agree["joint"]
+            out["eval.consistency_lowfreq"] = float(np.mean(merged["lowfreq"]))
+        out["eval.seconds"] = seconds
+        return out
+
+
+__all__ = [
+    "MonitorRequests",
+    "TrainingMonitor",
+    "classify",
+    "load_requests",
+    "monitor_seed",
+    "real_reference",
+]
