@@ -275,6 +275,14 @@ def resolve(user: dict[str, Any]) -> Settings:
             "eval.conditional_accuracy: only defined for the synthetic twin (data.source: twin)"
         )
     problems += _check_resources(config)
+    uses_monitor = any(
+        (config.get(k) or {}).get("eval_every", 0) for k in ("train", "stage1", "stage2")
+    )
+    if uses_monitor and config["data"]["source"] != "twin":
+        raise PipelineConfigError(
+            "train.eval_every: the in-training evaluation needs the twin attribute classifier "
+            "(data.source: twin); set it to 0 for real CUB"
+        )
     run_configs = {}
     for stage in sorted(stages):
         try:

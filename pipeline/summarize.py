@@ -34,6 +34,11 @@ def collect(
             if key in final:
                 metrics[f"{stage}.train.{key}"] = float(final[key])
         metrics[f"{stage}.train.steps"] = float(data["steps"])
+        history = data.get("eval_history") or []
+        if history:  # the last in-training evaluation point (eval.* on test captions)
+            for key, value in history[-1].items():
+                if key.startswith("eval.") and key != "eval.seconds":
+                    metrics[f"{stage}.train.{key}"] = float(value)
         details.setdefault(stage, {})["train"] = {
             k: data[k]
             for k in ("steps", "epochs", "seconds", "world_size", "global_batch", "resumed_from")

@@ -16,11 +16,13 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 Arch = Literal["paper", "pytorch"]
 CaNonlinearity = Literal["relu", "leaky_relu"]
-MismatchMode = Literal["shift", "class_aware"]
+MismatchMode = Literal["shift", "class_aware", "hard"]
 Amp = Literal["fp32", "bf16", "fp16"]
 BnMode = Literal["per_rank", "sync"]
 FrozenBn = Literal["eval", "train"]
 GStepFakes = Literal["reuse", "redraw"]
+EmaBn = Literal["copy", "standing"]
+DBatch = Literal["separate", "joint"]
 
 T = TypeVar("T")
 
@@ -92,8 +94,17 @@ class LossConfig:
         "shift"  # shift = reference batch roll; class_aware = other class guaranteed
     )
 
+    # Stage-II only, not in the paper (0 = off): weight of an L1 tie between the 16x16 block
+    # means of the Stage-II image and of its Stage-I input, so Stage-II keeps layout and colours
+    stage_consistency: float = 0.0
+
     def __post_init__(self) -> None:
         _check(self.kl_weight >= 0, "loss.kl_weight", f"must be >= 0, got {self.kl_weight}")
+        _check(
+            self.stage_consistency >= 0,
+            "loss.stage_consistency",
+            f"must be >= 0, got {self.stage_consistency}",
+        )
         _check(
             self.uncond_weight >= 0, "loss.uncond_weight", f"must be >= 0, got {self.uncond_weight}"
         )
@@ -129,12 +140,18 @@ class TrainConfig:
     g_step_fakes: GStepFakes | None = (
         None  # per preset: pytorch reuse D-step fakes, paper redraw z/eps
     )
+    # D's batches: "separate" real and fake passes (the references: own BatchNorm statistics
+    # each) or one "joint" [real; fake] pass in both the D and the G step (not in the paper)
+    d_batch: DBatch = "separate"
     frozen_stage1_bn: FrozenBn = "eval"  # "train" reproduces the reference's BN drift in Stage-II
     amp: Amp = "fp32"  # bf16 autocast (CPU/GPU) or fp16 + GradScaler (GPU only)
     bn: BnMode = "per_rank"  # sync = SyncBatchNorm (GPU only)
     channels_last: bool = False
     compile: bool = False  # torch.compile G and D
     ema_beta: float | None = None  # EMA of G (None = off), e.g. 0.999
+    # BatchNorm statistics of G_ema: "copy" G's running statistics (StackGAN-v2/AttnGAN), or
+    # "standing": recompute them for the EMA weights before every grid, evaluation and the file
+    ema_bn: EmaBn = "copy"
     deterministic: bool = False  # torch.use_deterministic_algorithms + fixed cuDNN
     num_workers: int = 2  # data-loader processes per rank (part of the data stream's identity)
     shuffle_buffer: int = 1000
@@ -142,6 +159,10 @@ class TrainConfig:
     sample_every: int = 500  # steps between sample grids (0 = off)
     grid_captions: int = 8  # rows of the training sample grid
     grid_samples: int = 4  # noise samples per caption in the grid
+    eval_every: int = 0  # steps between in-training evaluations on test captions (0 = off)
+    eval_captions: int = 250  # test captions of the in-training evaluation
+    eval_samples_per_caption: int = 4  # noise draws per caption (diversity needs >= 2)
+    eval_batch_size: int = 50  # generation chunk of the in-training evaluation
     checkpoint_every_minutes: float = 10.0  # wall-clock checkpoint interval (0 = off)
     checkpoint_every_steps: int = 0  # step checkpoint interval (0 = off)
     keep_checkpoints: int = 3
@@ -165,6 +186,16 @@ class TrainConfig:
             "train.ema_beta",
             "must be in (0, 1) or null",
         )
+        _check(
+            self.d_batch in get_args(DBatch),
+            "train.d_batch",
+            f"expected one of {get_args(DBatch)}, got {self.d_batch!r}",
+        )
+        _check(
+            self.ema_bn in get_args(EmaBn),
+            "train.ema_bn",
+            f"expected one of {get_args(EmaBn)}, got {self.ema_bn!r}",
+        )
         _check(self.num_workers >= 0, "train.num_workers", "must be >= 0")
         _check(self.log_every >= 1, "train.log_every", "must be >= 1")
         _check(
@@ -174,6 +205,13 @@ class TrainConfig:
         )
         _check(self.checkpoint_every_minutes >= 0, "train.checkpoint_every_minutes", "must be >= 0")
         _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
+        _check(self.eval_every >= 0, "train.eval_every", f"must be >= 0, got {self.eval_every}")
+        _check(
+            self.eval_captions >= 1 and self.eval_samples_per_caption >= 1,
+            "train.eval_captions",
+            "eval_captions and eval_samples_per_caption must be >= 1",
+        )
+        _check(self.eval_batch_size >= 1, "train.eval_batch_size", "must be >= 1")
         _check(
             self.grid_captions >= 1 and self.grid_samples >= 1,
             "train.grid_captions",

@@ -305,8 +305,14 @@ def read_real_stats(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
 def evaluation_grid(
     sampler: Sampler, requests: Requests, n_captions: int, n_samples: int, seed: int
 ) -> np.ndarray:
-    """Fixed test captions (caption 0 of the first images) x ``n_samples``; Stage-I | Stage-II per row."""
-    first = [i for i in range(len(requests)) if requests.caption_index[i] == 0][:n_captions]
+    """Fixed test captions x ``n_samples``; Stage-I | Stage-II per row.
+
+    Caption 0 of ``n_captions`` images spread evenly over the requests (the index is in
+    class order, so the first images would all show one species).
+    """
+    zeros = [i for i in range(len(requests)) if requests.caption_index[i] == 0]
+    picks = np.unique(np.linspace(0, len(zeros) - 1, min(n_captions, len(zeros))).round())
+    first = [zeros[int(k)] for k in picks]
     rows, captions = [], []
     for j, i in enumerate(first):
         emb = requests.embeddings[i : i + 1].repeat(n_samples, 1)

@@ -31,6 +31,17 @@ def kl_loss(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return -0.5 * torch.mean(1.0 + logvar - mu.pow(2) - logvar.exp())
 
 
+def stage_consistency_loss(high: torch.Tensor, low: torch.Tensor, blocks: int = 16) -> torch.Tensor:
+    """Mean L1 between ``blocks`` x ``blocks`` block means of the Stage-II image [B, 3, 256, 256]
+    and of the Stage-I image it was made from [B, 3, 64, 64] (not in the paper; see
+    ``LossConfig.stage_consistency``). Only the layout and colours are tied, not the detail."""
+    return (
+        (F.adaptive_avg_pool2d(high.float(), blocks) - F.adaptive_avg_pool2d(low.float(), blocks))
+        .abs()
+        .mean()
+    )
+
+
 def d_loss(
     real: torch.Tensor,
     wrong: torch.Tensor,
@@ -109,6 +120,9 @@ def mismatched_condition(
         mode: ``"shift"``: ``cond[1:]`` (B-1 rows; image i is paired with text i+1, the
             StackGAN-Pytorch batch roll, same-class pairs possible). ``"class_aware"``:
             B rows, row i is the condition of a uniformly drawn sample of another class.
+            ``"hard"`` (not in the paper): like ``class_aware``, but each row is, with
+            probability 1/2, the other-class condition most similar to its own (cosine),
+            so D must also reject captions that differ in one detail only.
         generator: random generator for ``"class_aware"`` (on ``cond``'s device).
 
     Raises:
@@ -119,10 +133,12 @@ def mismatched_condition(
         if cond.shape[0] < 2:
             raise ValueError("mismatch 'shift' needs a batch of at least 2")
         return cond[1:]
-    if mode != "class_aware":
-        raise ValueError(f"unknown mismatch mode {mode!r}; expected 'shift' or 'class_aware'")
+    if mode not in ("class_aware", "hard"):
+        raise ValueError(
+            f"unknown mismatch mode {mode!r}; expected 'shift', 'class_aware' or 'hard'"
+        )
     if class_ids is None:
-        raise ValueError("mismatch 'class_aware' needs class_ids")
+        raise ValueError(f"mismatch {mode!r} needs class_ids")
     ids = class_ids.reshape(-1).to(cond.device)
     if ids.shape[0] != cond.shape[0]:
         raise ValueError(f"class_ids has {ids.shape[0]} entries, cond {cond.shape[0]} rows")
@@ -131,8 +147,14 @@ def mismatched_condition(
     if bool(lonely.any()):
         rows = torch.nonzero(lonely).flatten().tolist()
         raise ValueError(
-            "mismatch 'class_aware': no sample of another class in the batch for row(s) "
+            f"mismatch {mode!r}: no sample of another class in the batch for row(s) "
             f"{rows} (class {ids[rows[0]].item()}); use larger or class-mixed batches, or 'shift'"
         )
     idx = torch.multinomial(other.float(), 1, generator=generator).flatten()  # [B]
+    if mode == "hard":
+        unit = torch.nn.functional.normalize(cond.detach().float(), dim=1)
+        sim = (unit @ unit.T).masked_fill(~other, float("-inf"))
+        nearest = sim.argmax(dim=1)  # [B] most similar other-class row
+        coin = torch.rand(idx.shape[0], generator=generator, device=cond.device) < 0.5
+        idx = torch.where(coin, nearest, idx)
     return cond[idx]

@@ -71,6 +71,44 @@ class Sampler(nn.Module):
         return cls(stage, model, g1, g2, meta).to(device)
 
     @property
+    def trained(self) -> nn.Module:
+        """The generator this file trained: G1 for Stage-I, G2 for Stage-II."""
+        return self.g1 if self.g2 is None else self.g2
+
+    @torch.no_grad()
+    def recompute_bn_statistics(
+        self, embeddings: torch.Tensor, *, seed: int, batch_size: int = 64
+    ) -> None:
+        """Standing statistics: set the trained generator's BatchNorm running statistics to
+        their exact average over ``embeddings`` [N, text_dim] with seeded noise (batches of
+        ``batch_size`` in train mode, momentum ``None``). The frozen Stage-I G stays in eval
+        mode. Deterministic for the same weights, inputs and seed."""
+        g = self.trained
+        norms = [m for m in g.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average = exact mean over the batches
+        device = next(g.parameters()).device
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        devices = [device] if device.type == "cuda" else []
+        g.train()
+        try:
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed + 1)
+                for start in range(0, embeddings.shape[0], batch_size):
+                    emb = embeddings[start : start + batch_size].to(device).float()
+                    z = torch.randn(emb.shape[0], self.model.z_dim, generator=gen).to(device)
+                    if self.g2 is None:
+                        self.g1(emb, z)
+                    else:
+                        self.g2(self.g1(emb, z)[0], emb)
+        finally:
+            for m, momentum in zip(norms, momenta, strict=True):
+                m.momentum = momentum
+            self.eval()
+
+    @property
     def resolution(self) -> int:
         return 64 if self.g2 is None else 256
 

@@ -40,11 +40,19 @@ class Stage:
 
     def generate(self, G: nn.Module, emb: torch.Tensor, z: torch.Tensor) -> GenOut:
         """Fakes at this stage's resolution from text embeddings and noise."""
+        fake, mu, logvar, _ = self.generate_with_input(G, emb, z)
+        return fake, mu, logvar
+
+    def generate_with_input(
+        self, G: nn.Module, emb: torch.Tensor, z: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(fake, mu, logvar, Stage-I image the fake was made from; None for Stage-I)."""
         if self.frozen_g1 is None:
-            return G(emb, z)
+            return (*G(emb, z), None)
         with torch.no_grad():
             low, _, _ = self.frozen_g1(emb, z)  # [B, 3, 64, 64]
-        return G(low.detach(), emb)
+        low = low.detach()
+        return (*G(low, emb), low)
 
     def to(
         self, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format

@@ -66,6 +66,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="HDF5 index for the sample-grid captions (default: the set's own)",
     )
     p.add_argument("--metrics-out", type=Path, help="final metrics JSON (rank 0)")
+    mon = p.add_argument_group(
+        "in-training evaluation (every train.eval_every steps; synthetic twin only)"
+    )
+    mon.add_argument("--eval-classifier", type=Path, help="twin attribute classifier (.pt)")
+    mon.add_argument("--eval-index", type=Path, help="test-index.h5 (the captions to generate)")
+    mon.add_argument("--eval-shards", type=Path, help="test-64 shard set (the real reference)")
     p.add_argument(
         "--loss-curve", type=Path, help="loss-curve PNG (default: <workdir>/loss_curves.png)"
     )
@@ -120,22 +126,80 @@ def _check_inputs(args: argparse.Namespace, cfg: RunConfig) -> dict[str, Any]:
         raise ConfigError(
             f"--stage1-generator: {args.stage1_generator} not found (train Stage-I first)"
         )
+    if cfg.train.eval_every > 0:
+        missing = [
+            f"--eval-{k}"
+            for k in ("classifier", "index", "shards")
+            if getattr(args, f"eval_{k}") is None
+        ]
+        if missing:
+            raise ConfigError(
+                f"train.eval_every={cfg.train.eval_every} needs {', '.join(missing)} "
+                "(or set train.eval_every: 0)"
+            )
+        for k in ("classifier", "index"):
+            if not getattr(args, f"eval_{k}").is_file():
+                raise ConfigError(f"--eval-{k}: {getattr(args, f'eval_{k}')} not found")
     return manifest
+
+
+def _monitor(args: argparse.Namespace, cfg: RunConfig) -> Any:
+    """The in-training evaluation, or None when train.eval_every is 0."""
+    if cfg.train.eval_every <= 0:
+        return None
+    from stackgan.monitor import TrainingMonitor, monitor_seed
+
+    t = cfg.train
+    return TrainingMonitor.from_files(
+        classifier=args.eval_classifier,
+        index=args.eval_index,
+        real_set=args.eval_shards,
+        captions=t.eval_captions,
+        samples_per_caption=t.eval_samples_per_caption,
+        batch_size=t.eval_batch_size,
+        seed=monitor_seed(t.seed),
+        cache=args.workdir / "eval-real-features.npz",
+    )
 
 
 def _grid_embeddings(
     args: argparse.Namespace, manifest: dict[str, Any], cfg: RunConfig
 ) -> torch.Tensor | None:
-    """Caption 0 of the first ``grid_captions`` images of the index (fixed across restarts)."""
+    """Caption 0 of ``grid_captions`` images spread evenly over the index (fixed across
+    restarts; the index is in class order, so its first images would be one species)."""
     import h5py
+    import numpy as np
 
     path = args.grid_index or args.data.parent / manifest["index_file"]
     if not path.is_file():
         log.warning("no index file %s: training sample grids disabled", path)
         return None
     with h5py.File(path, "r") as h5:
-        n = min(cfg.train.grid_captions, h5["embeddings"].shape[0])
-        return torch.from_numpy(h5["embeddings"][:n, 0, :]).float()
+        n = h5["embeddings"].shape[0]
+        rows = np.unique(np.linspace(0, n - 1, min(cfg.train.grid_captions, n)).round())
+        return torch.from_numpy(h5["embeddings"][rows.astype(int).tolist(), 0, :]).float()
+
+
+STANDING_STAT_CAPTIONS = 512  # training captions behind G_ema's standing BatchNorm statistics
+
+
+def _standing_embeddings(
+    args: argparse.Namespace, manifest: dict[str, Any], cfg: RunConfig
+) -> torch.Tensor | None:
+    """Training captions spread over the set (caption i % 10 of row i), for ema_bn=standing."""
+    if cfg.train.ema_beta is None or cfg.train.ema_bn != "standing":
+        return None
+    import h5py
+    import numpy as np
+
+    path = args.data.parent / manifest["index_file"]
+    if not path.is_file():
+        raise ConfigError(f"train.ema_bn=standing needs the training index {path} (not found)")
+    with h5py.File(path, "r") as h5:
+        n, k = h5["embeddings"].shape[:2]
+        rows = np.unique(np.linspace(0, n - 1, min(n, STANDING_STAT_CAPTIONS)).astype(int))
+        emb = np.stack([h5["embeddings"][r, i % k] for i, r in enumerate(rows)])
+    return torch.from_numpy(emb).float()
 
 
 def _start_tracker(
@@ -191,7 +255,7 @@ def _start_tracker(
 
 
 def _loss_curve(history: list[tuple[int, dict[str, float]]], path: Path) -> Path | None:
-    """PNG of the loss and D-output curves (matplotlib, headless)."""
+    """PNG of the loss and D-output curves, plus the in-training evaluation when it ran."""
     if not history:
         return None
     import matplotlib
@@ -199,17 +263,39 @@ def _loss_curve(history: list[tuple[int, dict[str, float]]], path: Path) -> Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = [s for s, _ in history]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for key in ("loss_d", "loss_g", "kl"):
-        axes[0].plot(steps, [m.get(key, float("nan")) for _, m in history], label=key)
-    for key in ("d_real", "d_wrong", "d_fake"):
-        axes[1].plot(steps, [m.get(key, float("nan")) for _, m in history], label=key)
-    axes[0].set_title("losses")
-    axes[1].set_title("mean D outputs (sigmoid)")
-    for ax in axes:
+    def series(key: str) -> tuple[list[int], list[float]]:
+        pts = [(s, m[key]) for s, m in history if key in m]
+        return [s for s, _ in pts], [v for _, v in pts]
+
+    panels = [
+        ("losses", ("loss_d", "loss_g", "kl")),
+        ("mean D outputs (sigmoid)", ("d_real", "d_wrong", "d_fake")),
+    ]
+    if any("eval.body_accuracy" in m for _, m in history):
+        panels += [
+            (
+                "test-caption accuracy (dashed: chance)",
+                ("eval.body_accuracy", "eval.wing_accuracy", "eval.joint_accuracy"),
+            ),
+            (
+                "twin-FID (log), diversity, consistency",
+                ("eval.twin_fid", "eval.diversity", "eval.consistency_attributes"),
+            ),
+        ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5))
+    for ax, (title, keys) in zip(axes, panels, strict=True):
+        for key in keys:
+            xs, ys = series(key)
+            if xs:
+                line = ax.plot(xs, ys, marker="o" if key.startswith("eval.") else None, label=key)
+                chance = key.replace("_accuracy", "_chance")
+                if chance != key and series(chance)[0]:
+                    ax.plot(*series(chance), ls="--", color=line[0].get_color())
+        if title.startswith("twin-FID"):
+            ax.set_yscale("log")
+        ax.set_title(title)
         ax.set_xlabel("step")
-        ax.legend()
+        ax.legend(fontsize=7)
     fig.tight_layout()
     with atomic_open(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=100)
@@ -218,13 +304,14 @@ def _loss_curve(history: list[tuple[int, dict[str, float]]], path: Path) -> Path
 
 
 def _read_history(path: Path) -> list[tuple[int, dict[str, float]]]:
-    """metrics.jsonl rows (deduplicated by step: a resumed run rewrites later steps)."""
+    """metrics.jsonl rows merged by step (training and evaluation rows of a step are one
+    entry; a resumed run's rewrite of a step replaces its values)."""
     rows: dict[int, dict[str, float]] = {}
     if path.is_file():
         for line in path.read_text().splitlines():
             if line.strip():
                 row = json.loads(line)
-                rows[int(row["step"])] = row
+                rows.setdefault(int(row["step"]), {}).update(row)
     return sorted(rows.items())
 
 
@@ -281,6 +368,8 @@ def run(args: argparse.Namespace) -> int:
             if info.is_main:
                 args.workdir.mkdir(parents=True, exist_ok=True)
                 write_yaml(args.workdir / "run_config.yaml", to_dict(cfg))
+            monitor = _monitor(args, cfg)
+            standing = _standing_embeddings(args, manifest, cfg)
             tracker = _start_tracker(args, cfg, info, manifest)
         except Exception as err:  # reported below, on every rank
             error = f"{type(err).__name__}: {err}"
@@ -314,6 +403,8 @@ def run(args: argparse.Namespace) -> int:
                 },
                 stop=stop,
                 step_callback=on_log,
+                monitor=monitor,
+                bn_embeddings=standing,
             )
         except Preempted:
             if tracker is not None:
@@ -328,9 +419,8 @@ def run(args: argparse.Namespace) -> int:
             stop.restore()
 
         if info.is_main:
-            curve = _loss_curve(
-                _read_history(history_path), args.loss_curve or args.workdir / "loss_curves.png"
-            )
+            history = _read_history(history_path)
+            curve = _loss_curve(history, args.loss_curve or args.workdir / "loss_curves.png")
             if args.grid_out is not None:
                 final_grid = args.workdir / "samples" / f"grid-{result.step:08d}.png"
                 with atomic_open(args.grid_out, "wb") as fh:
@@ -344,6 +434,11 @@ def run(args: argparse.Namespace) -> int:
                 "world_size": info.world_size,
                 "global_batch": cfg.train.batch_size * info.world_size,
                 "final_metrics": result.last_metrics,
+                "eval_history": [
+                    {"step": s, **{k: v for k, v in m.items() if k.startswith("eval.")}}
+                    for s, m in history
+                    if "eval.body_accuracy" in m
+                ],
                 "mlflow_run_id": getattr(tracker, "run_id", None),
             }
             if args.metrics_out:

@@ -33,7 +33,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -44,9 +44,19 @@ from stackgan import distributed as dist_utils
 from stackgan.config import ConfigError, RunConfig, to_dict
 from stackgan.data.loader import to_float_images
 from stackgan.grids import make_grid, save_png
-from stackgan.losses import d_loss, g_loss, kl_loss, mismatched_condition
+from stackgan.losses import (
+    d_loss,
+    g_loss,
+    kl_loss,
+    mismatched_condition,
+    stage_consistency_loss,
+)
 from stackgan.networks import d_condition
+from stackgan.sampling import Sampler
 from stackgan.stages import Stage
+
+if TYPE_CHECKING:
+    from stackgan.monitor import TrainingMonitor
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +204,8 @@ def training_loop(
     provenance: dict[str, Any] | None = None,
     stop: StopFlag | None = None,
     step_callback: Callable[[int, dict[str, float]], None] | None = None,
+    monitor: TrainingMonitor | None = None,  # in-training evaluation every train.eval_every steps
+    bn_embeddings: torch.Tensor | None = None,  # [n, text_dim] training captions (ema_bn=standing)
 ) -> LoopResult:
     """Train ``stage`` until ``total_steps``; resume from ``workdir`` if it holds a state."""
     t_start = time.perf_counter()
@@ -285,13 +297,20 @@ def training_loop(
             info,
         )
 
+    standing = bn_embeddings if (G_ema is not None and t.ema_bn == "standing") else None
+
+    def snapshot_sampler() -> Sampler:
+        """Collective: eval-mode copy of G_ema (or G) for grids, evaluation and the network file."""
+        return eval_sampler(stage, G_ema or G, cfg, standing_embeddings=standing)
+
     # Main loop.
     data = make_data(step)
     sums: dict[str, torch.Tensor] = {}
     n_sum, wait_sum, t_tick, last_metrics = 0, 0.0, time.perf_counter(), {}
     t_ckpt = time.monotonic()
-    last_grid = -1
+    last_grid = last_eval = -1
     reuse = t.g_step_fakes == "reuse"
+    joint_d = t.d_batch == "joint"
     while step < n_total:
         epoch = step // steps_per_epoch
         lr_g, lr_d = learning_rates(cfg, epoch)
@@ -318,63 +337,102 @@ def training_loop(
         # Dmain.
         D.requires_grad_(True)
         with autocast(), torch.set_grad_enabled(reuse):
-            fake, mu, logvar = stage.generate(g_run, emb, z)
-        # The D loss is a sum of per-pass terms, so the real pass (real and mismatched pairs)
-        # is back-propagated before the fake pass runs: one D graph alive at a time.
-        # Placeholders (zeros, no gradient) stand in for the other pass's logits.
+            fake, mu, logvar, low = stage.generate_with_input(g_run, emb, z)
         opt_d.zero_grad(set_to_none=True)
         uw = cfg.loss.uncond_weight
-        with d_accumulate(), autocast():
+        with autocast():
             cond = d_condition(cfg.model, emb, mu)
             wrong = mismatched_condition(cond, class_ids, cfg.loss.mismatch, mismatch_gen)
-            out_real = d_run(real, cond, wrong)
-            part_real, _ = d_loss(
-                out_real.logits,
-                out_real.wrong_logits,
-                _zeros(out_real.logits),
-                out_real.uncond_logits,
-                _zeros(out_real.uncond_logits),
-                uncond_weight=uw,
-            )
-        with d_accumulate():
-            scaler_d.scale(part_real).backward()
-        with autocast():
-            out_fake = d_run(fake.detach(), cond)
-            part_fake, _ = d_loss(
-                _zeros(out_real.logits),
-                _zeros(out_real.wrong_logits),
-                out_fake.logits,
-                _zeros(out_real.uncond_logits),
-                out_fake.uncond_logits,
-                uncond_weight=uw,
-            )
-        scaler_d.scale(part_fake).backward()
+        if joint_d:
+            # One pass over [real; fake] and one head call over the matching and mismatched
+            # pairs: D's BatchNorm statistics are shared, so D has to match image and text
+            # per sample instead of telling batches apart by their statistics.
+            with autocast():
+                out = d_run(
+                    torch.cat([real, fake.detach()]),
+                    torch.cat([cond, cond]),
+                    wrong,
+                    shared_head=True,
+                )
+                n = real.shape[0]
+                unc = out.uncond_logits
+                loss_d, parts = d_loss(
+                    out.logits[:n],
+                    out.wrong_logits,
+                    out.logits[n:],
+                    None if unc is None else unc[:n],
+                    None if unc is None else unc[n:],
+                    uncond_weight=uw,
+                )
+            scaler_d.scale(loss_d).backward()
+        else:
+            # The D loss is a sum of per-pass terms, so the real pass (real and mismatched
+            # pairs) is back-propagated before the fake pass runs: one D graph alive at a
+            # time. Placeholders (zeros, no gradient) stand in for the other pass's logits.
+            with d_accumulate(), autocast():
+                out_real = d_run(real, cond, wrong)
+                part_real, _ = d_loss(
+                    out_real.logits,
+                    out_real.wrong_logits,
+                    _zeros(out_real.logits),
+                    out_real.uncond_logits,
+                    _zeros(out_real.uncond_logits),
+                    uncond_weight=uw,
+                )
+            with d_accumulate():
+                scaler_d.scale(part_real).backward()
+            with autocast():
+                out_fake = d_run(fake.detach(), cond)
+                part_fake, _ = d_loss(
+                    _zeros(out_real.logits),
+                    _zeros(out_real.wrong_logits),
+                    out_fake.logits,
+                    _zeros(out_real.uncond_logits),
+                    out_fake.uncond_logits,
+                    uncond_weight=uw,
+                )
+            scaler_d.scale(part_fake).backward()
+            with torch.no_grad():  # the full loss and its parts, for logging and the NaN guard
+                loss_d, parts = d_loss(
+                    out_real.logits,
+                    out_real.wrong_logits,
+                    out_fake.logits,
+                    out_real.uncond_logits,
+                    out_fake.uncond_logits,
+                    uncond_weight=uw,
+                )
         scaler_d.step(opt_d)
         scaler_d.update()
-        opt_d.zero_grad(
-            set_to_none=True
-        )  # free D's gradients before the G step (lower peak memory)
-        with torch.no_grad():  # the full loss and its parts, for logging and the NaN guard
-            loss_d, parts = d_loss(
-                out_real.logits,
-                out_real.wrong_logits,
-                out_fake.logits,
-                out_real.uncond_logits,
-                out_fake.uncond_logits,
-                uncond_weight=uw,
-            )
+        opt_d.zero_grad(set_to_none=True)  # free D's gradients before the G step (lower peak)
+        loss_d = loss_d.detach()
 
         # Gmain.
         D.requires_grad_(False)
         if not reuse:
             z = torch.randn(real.shape[0], cfg.model.z_dim, device=device, generator=noise)
             with autocast():
-                fake, mu, logvar = stage.generate(g_run, emb, z)
+                fake, mu, logvar, low = stage.generate_with_input(g_run, emb, z)
         with autocast(), d_frozen():
-            out = d_run(fake, d_condition(cfg.model, emb, mu))
-            loss_g_adv = g_loss(out.logits, out.uncond_logits, uncond_weight=cfg.loss.uncond_weight)
+            cond_g = d_condition(cfg.model, emb, mu)
+            if joint_d:  # the same joint batch as the D step; only the fake rows' logits count
+                out = d_run(
+                    torch.cat([real, fake]),
+                    torch.cat([cond_g, cond_g]),
+                    wrong.detach(),
+                    shared_head=True,
+                )
+                n = real.shape[0]
+                logits_g = out.logits[n:]
+                unc_g = None if out.uncond_logits is None else out.uncond_logits[n:]
+            else:
+                out = d_run(fake, cond_g)
+                logits_g, unc_g = out.logits, out.uncond_logits
+            loss_g_adv = g_loss(logits_g, unc_g, uncond_weight=cfg.loss.uncond_weight)
             kl = kl_loss(mu.float(), logvar.float())
             loss_g = loss_g_adv + cfg.loss.kl_weight * kl
+            if low is not None and cfg.loss.stage_consistency > 0:
+                consistency = stage_consistency_loss(fake, low)
+                loss_g = loss_g + cfg.loss.stage_consistency * consistency
         opt_g.zero_grad(set_to_none=True)
         scaler_g.scale(loss_g).backward()
         scaler_g.step(opt_g)
@@ -398,6 +456,8 @@ def training_loop(
             "kl": kl,
             **parts,
         }
+        if low is not None and cfg.loss.stage_consistency > 0:
+            step_stats["stage_consistency"] = consistency
         for k, v in step_stats.items():
             sums[k] = sums.get(k, 0) + v.detach().float()
         n_sum += 1
@@ -433,14 +493,18 @@ def training_loop(
             if step_callback is not None:
                 step_callback(step, metrics)
             sums, n_sum, wait_sum, t_tick = {}, 0, 0.0, time.perf_counter()
-        if (
-            info.is_main
-            and t.sample_every
-            and grid_embeddings is not None
-            and (step % t.sample_every == 0)
-        ):
-            _sample_grid(stage, G_ema or G, grid_embeddings, cfg, device, workdir, step, tracker)
-            last_grid = step
+        grid_due = bool(t.sample_every) and grid_embeddings is not None
+        grid_due = grid_due and step % t.sample_every == 0
+        eval_due = monitor is not None and bool(t.eval_every) and step % t.eval_every == 0
+        if grid_due or eval_due:  # collective: every rank takes the same branch
+            sampler = snapshot_sampler()
+            if grid_due and info.is_main:
+                _sample_grid(sampler, grid_embeddings, cfg, device, workdir, step, tracker)
+            if grid_due:
+                last_grid = step
+            if eval_due:
+                _run_monitor(monitor, sampler, info, step, tracker, step_callback)  # type: ignore[arg-type]
+                last_eval = step
         if ckpt_now or stop_now:
             save_state(step)
             t_ckpt = time.monotonic()
@@ -460,18 +524,22 @@ def training_loop(
         dist_utils.sync_buffers(G_ema)
     if resumed_from is None or resumed_from < n_total:
         save_state(step)
+    final = snapshot_sampler()
+    if monitor is not None and last_eval != step:
+        _run_monitor(monitor, final, info, step, tracker, step_callback)
     if info.is_main:
         if grid_embeddings is not None and last_grid != step:
-            _sample_grid(stage, G_ema or G, grid_embeddings, cfg, device, workdir, step, tracker)
+            _sample_grid(final, grid_embeddings, cfg, device, workdir, step, tracker)
+        ema_state = None
+        if G_ema is not None:  # with ema_bn=standing, the recomputed BatchNorm statistics
+            ema_state = {k: v.detach().cpu() for k, v in final.trained.state_dict().items()}
         payload = {
             "stage": stage.number,
             "step": step,
             "model": to_dict(cfg.model),
             "config": to_dict(cfg),
             "G": {k: v.detach().cpu() for k, v in G.state_dict().items()},
-            "G_ema": {k: v.detach().cpu() for k, v in G_ema.state_dict().items()}
-            if G_ema is not None
-            else None,
+            "G_ema": ema_state,
             "provenance": provenance or {},
             **stage.network_payload(),
         }
@@ -626,10 +694,62 @@ def _fmt_seconds(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+def eval_sampler(
+    stage: Stage, G: nn.Module, cfg: RunConfig, standing_embeddings: torch.Tensor | None = None
+) -> Sampler:
+    """Collective: an eval-mode copy of ``G`` (BatchNorm buffers averaged across ranks) as a Sampler.
+
+    With ``standing_embeddings`` the copy's BatchNorm statistics are recomputed for its own
+    weights (standing statistics; the same on every rank), as EMA weights need.
+    """
+    g = copy.deepcopy(G)
+    g.load_state_dict(_averaged_state(G))
+    if stage.frozen_g1 is None:
+        sampler = Sampler(1, cfg.model, g, None, {"weights": "live"})
+    else:
+        sampler = Sampler(2, cfg.model, copy.deepcopy(stage.frozen_g1), g, {"weights": "live"})
+    if standing_embeddings is not None:
+        sampler.recompute_bn_statistics(standing_embeddings, seed=cfg.train.seed + 4242)
+    return sampler
+
+
+def _run_monitor(
+    monitor: TrainingMonitor,
+    sampler: Sampler,
+    info: dist_utils.DistInfo,
+    step: int,
+    tracker: Tracker | None,
+    step_callback: Callable[[int, dict[str, float]], None] | None,
+) -> dict[str, float]:
+    """Collective: evaluate ``sampler`` on the fixed test captions; log on rank 0."""
+    metrics = monitor.evaluate(sampler, info)
+    if info.is_main:
+        log.info(
+            "eval at step %d: body %.3f (chance %.3f) wing %.3f (chance %.3f) joint %.3f | "
+            "twin-FID %.2f diversity %.2f%s | %.1f s",
+            step,
+            metrics["eval.body_accuracy"],
+            metrics["eval.body_chance"],
+            metrics["eval.wing_accuracy"],
+            metrics["eval.wing_chance"],
+            metrics["eval.joint_accuracy"],
+            metrics["eval.twin_fid"],
+            metrics.get("eval.diversity", math.nan),
+            f" consistency {metrics['eval.consistency_attributes']:.3f}"
+            if "eval.consistency_attributes" in metrics
+            else "",
+            metrics["eval.seconds"],
+        )
+        if tracker is not None:
+            tracker.log_metrics(metrics, step=step)
+    if step_callback is not None:
+        step_callback(step, metrics)
+    return metrics
+
+
 @torch.no_grad()
 def _sample_grid(
-    stage: Stage,
-    G: nn.Module,
+    sampler: Sampler,
     embeddings: torch.Tensor,
     cfg: RunConfig,
     device: torch.device,
@@ -637,23 +757,16 @@ def _sample_grid(
     step: int,
     tracker: Tracker | None,
 ) -> Path:
-    """Fixed captions x fixed noise, G in eval mode; PNG in ``workdir/samples`` and to the tracker."""
+    """Fixed captions x fixed noise from the eval-mode snapshot; PNG in ``workdir/samples``."""
     n_cap, n_smp = embeddings.shape[0], cfg.train.grid_samples
     gen = torch.Generator(device=device)
     gen.manual_seed(cfg.train.seed + 12345)
     z = torch.randn(n_cap * n_smp, cfg.model.z_dim, device=device, generator=gen)
     emb = embeddings.to(device).repeat_interleave(n_smp, dim=0)
-    was_training = G.training
-    G.eval()
-    rng_state = torch.get_rng_state()
-    torch.manual_seed(
-        cfg.train.seed + 54321
-    )  # CA noise of the grid, without touching the training RNG
-    try:
-        fake, _, _ = stage.generate(G, emb, z)
-    finally:
-        torch.set_rng_state(rng_state)
-        G.train(was_training)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # the grid's CA noise; training RNG untouched
+        torch.manual_seed(cfg.train.seed + 54321)
+        fake = sampler(emb, z).final
     grid = make_grid(fake.float(), ncol=n_smp)
     path = save_png(grid, workdir / "samples" / f"grid-{step:08d}.png")
     if tracker is not None:

@@ -72,3 +72,24 @@ def tiny_stage1_network(
         )
     )
     return out, tmp
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A twin attribute classifier trained briefly on the tiny twin's real images."""
+    import numpy as np
+    import torch
+
+    from stackgan.metrics.conditional import load_real_set, save_classifier, train_classifier
+
+    x, y = zip(
+        *(
+            load_real_set(tiny_shards / f"{s}-64", tiny_shards / f"{s}-index.h5")
+            for s in ("train", "test")
+        ),
+        strict=True,
+    )
+    model = train_classifier(torch.cat(x), np.concatenate(y), epochs=3, seed=0)
+    path = tmp_path_factory.mktemp("classifier") / "attribute_classifier.pt"
+    save_classifier(model, path, {"fixture": "tiny"})
+    return path

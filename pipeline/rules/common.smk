@@ -67,6 +67,27 @@ def train_resources(stage):
     return res
 
 
+def monitor_inputs(stage):
+    """Inputs of the in-training evaluation (train.eval_every > 0): classifier, test captions, test images."""
+    if S.run_configs[stage]["train"]["eval_every"] <= 0:
+        return {}
+    return {
+        "eval_classifier": f"{DATA}/attribute_classifier.pt",
+        "eval_index": f"{SHARDS}/test-index.h5",
+        "eval_shards": f"{SHARDS}/test-64/manifest.json",
+    }
+
+
+def monitor_args(input):
+    """--eval-* arguments of stackgan train (empty when the evaluation is off)."""
+    if "eval_classifier" not in input.keys():
+        return ""
+    return (
+        f"--eval-classifier {input.eval_classifier} --eval-index {input.eval_index} "
+        f"--eval-shards {set_dir(input.eval_shards)}"
+    )
+
+
 def launch_args(stage):
     r = config["resources"][f"train_stage{stage}"]
     return (

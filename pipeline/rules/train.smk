@@ -41,6 +41,7 @@ rule write_run_config:
 
 rule train_stage1:
     input:
+        unpack(lambda w: monitor_inputs(1)),
         cfg=f"{RUN}/stage1/run_config.yaml",
         data=f"{SHARDS}/train-64/manifest.json",
         index=f"{SHARDS}/train-index.h5",
@@ -54,6 +55,7 @@ rule train_stage1:
         data=lambda w, input: set_dir(input.data),
         workdir=f"{RUN}/work/stage1",
         launch=launch_args(1),
+        monitor=lambda w, input: monitor_args(input),
         tracking=tracking_args("stage1"),
     log:
         f"{RUN}/logs/train_stage1.log",
@@ -66,11 +68,12 @@ rule train_stage1:
         "python -m pipeline.launch {params.launch} -- -m stackgan.train --config {input.cfg} --data {params.data} "
         "--workdir {params.workdir} --out {output.network} --metrics-out {output.metrics} "
         "--loss-curve {output.curve} --grid-out {output.grid} --grid-index {input.index} "
-        "--parent-run-id-file {input.parent} {params.tracking} 2>&1 | tee -a {log}"
+        "--parent-run-id-file {input.parent} {params.monitor} {params.tracking} 2>&1 | tee -a {log}"
 
 
 rule train_stage2:
     input:
+        unpack(lambda w: monitor_inputs(2)),
         cfg=f"{RUN}/stage2/run_config.yaml",
         data=f"{SHARDS}/train-256/manifest.json",
         index=f"{SHARDS}/train-index.h5",
@@ -85,6 +88,7 @@ rule train_stage2:
         data=lambda w, input: set_dir(input.data),
         workdir=f"{RUN}/work/stage2",
         launch=launch_args(2),
+        monitor=lambda w, input: monitor_args(input),
         tracking=tracking_args("stage2"),
     log:
         f"{RUN}/logs/train_stage2.log",
@@ -97,4 +101,4 @@ rule train_stage2:
         "python -m pipeline.launch {params.launch} -- -m stackgan.train --config {input.cfg} --data {params.data} "
         "--workdir {params.workdir} --out {output.network} --metrics-out {output.metrics} "
         "--stage1-generator {input.stage1} --loss-curve {output.curve} --grid-out {output.grid} "
-        "--grid-index {input.index} --parent-run-id-file {input.parent} {params.tracking} 2>&1 | tee -a {log}"
+        "--grid-index {input.index} --parent-run-id-file {input.parent} {params.monitor} {params.tracking} 2>&1 | tee -a {log}"

@@ -314,21 +314,29 @@ def discriminator_output(
     wrong_cond: torch.Tensor | None,
     cond_head: CondLogits,
     uncond_head: UncondLogits | None,
+    shared_head: bool = False,
 ) -> DOutput:
     """Score features once against ``cond``, ``wrong_cond`` and the unconditional head.
 
     ``wrong_cond`` [B', .] (B' <= B) is paired with the first B' feature rows, in a
-    separate head call (separate BatchNorm statistics, as in StackGAN-Pytorch).
+    separate head call (separate BatchNorm statistics, as in both references), or with
+    ``shared_head`` in the same head call as the matching pairs, so the joint layer's
+    BatchNorm cannot tell matching from mismatched pairs by their batch statistics.
     """
     batch = feats.shape[0]
     if cond.shape[0] != batch:
         raise ValueError(f"cond has {cond.shape[0]} rows, the image batch {batch}")
-    logits = cond_head(feats, cond)  # [B]
     wrong = None
     if wrong_cond is not None:
         n_wrong = wrong_cond.shape[0]
         if not 1 <= n_wrong <= batch:
             raise ValueError(f"wrong_cond has {n_wrong} rows; expected 1..{batch}")
-        wrong = cond_head(feats[:n_wrong], wrong_cond)  # [B']
+    if wrong_cond is not None and shared_head:
+        both = cond_head(torch.cat([feats, feats[:n_wrong]]), torch.cat([cond, wrong_cond]))
+        logits, wrong = both[:batch], both[batch:]  # [B], [B']
+    else:
+        logits = cond_head(feats, cond)  # [B]
+        if wrong_cond is not None:
+            wrong = cond_head(feats[:n_wrong], wrong_cond)  # [B']
     uncond = uncond_head(feats) if uncond_head is not None else None  # [B]
     return DOutput(logits, wrong, uncond)

@@ -135,8 +135,15 @@ class Stage1Discriminator(nn.Module):
         )
 
     def forward(
-        self, img: torch.Tensor, cond: torch.Tensor, wrong_cond: torch.Tensor | None = None
+        self,
+        img: torch.Tensor,
+        cond: torch.Tensor,
+        wrong_cond: torch.Tensor | None = None,
+        *,
+        shared_head: bool = False,
     ) -> DOutput:
         """img [B, 3, 64, 64], cond [B, cond_in_dim], wrong_cond [B', cond_in_dim] -> logits."""
         feats = self.encode(img)  # [B, 8d, 4, 4]
-        return discriminator_output(feats, cond, wrong_cond, self.cond_head, None)
+        return discriminator_output(
+            feats, cond, wrong_cond, self.cond_head, None, shared_head=shared_head
+        )

@@ -132,8 +132,15 @@ class Stage2Discriminator(nn.Module):
         self.uncond_head = UncondLogits(ndf * 8, bias=not paper) if uncond_head else None
 
     def forward(
-        self, img: torch.Tensor, cond: torch.Tensor, wrong_cond: torch.Tensor | None = None
+        self,
+        img: torch.Tensor,
+        cond: torch.Tensor,
+        wrong_cond: torch.Tensor | None = None,
+        *,
+        shared_head: bool = False,
     ) -> DOutput:
         """img [B, 3, 256, 256], cond [B, cond_in_dim], wrong_cond [B', cond_in_dim] -> logits."""
         feats = self.encode(img)  # [B, 8d, 4, 4]
-        return discriminator_output(feats, cond, wrong_cond, self.cond_head, self.uncond_head)
+        return discriminator_output(
+            feats, cond, wrong_cond, self.cond_head, self.uncond_head, shared_head=shared_head
+        )

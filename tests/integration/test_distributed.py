@@ -242,3 +242,66 @@ def test_bf16_autocast_agrees_with_fp32(tiny_shards):
             checked += 1
             assert cos(g16[name].flatten(), g.flatten(), dim=0).item() > 0.85, name
     assert checked > 40
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_in_training_evaluation_two_ranks_equals_one_process(
+    stage, tiny_shards, tiny_classifier, tiny_stage1_network, tmp_path
+):
+    """Sharded over 2 ranks, the in-training evaluation gives the numbers one process
+    computes from the network file, at every evaluation point, and training finishes."""
+    from stackgan.distributed import DistInfo
+    from stackgan.monitor import TrainingMonitor, monitor_seed
+    from stackgan.sampling import Sampler
+
+    cfg = run_config(
+        stage,
+        max_steps=4,
+        eval_every=2,
+        eval_captions=5,
+        eval_samples_per_caption=2,
+        eval_batch_size=3,  # 10 requests in 4 chunks: uneven shards
+    )
+    eval_args = [
+        "--eval-classifier",
+        str(tiny_classifier),
+        "--eval-index",
+        str(tiny_shards / "test-index.h5"),
+        "--eval-shards",
+        str(tiny_shards / "test-64"),
+    ]
+    if stage == 2:
+        eval_args += ["--stage1-generator", str(tiny_stage1_network[0])]
+    data = tiny_shards / f"train-{64 if stage == 1 else 256}"
+    args = train_args(
+        write_config(tmp_path / "c.yaml", cfg),
+        data,
+        tmp_path / "w",
+        tmp_path / "net.pt",
+        *eval_args,
+    )
+    run(torchrun_cmd(2, *args), timeout=300)
+    rows = [
+        json.loads(line)
+        for line in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()
+        if "eval.body_accuracy" in line
+    ]
+    assert [r["step"] for r in rows] == [2, 4]  # every eval_every steps; the end is step 4
+    monitor = TrainingMonitor.from_files(
+        classifier=tiny_classifier,
+        index=tiny_shards / "test-index.h5",
+        real_set=tiny_shards / "test-64",
+        captions=5,
+        samples_per_caption=2,
+        batch_size=3,
+        seed=monitor_seed(0),
+    )
+    direct = monitor.evaluate(Sampler.load(tmp_path / "net.pt"), DistInfo())
+    expected = {"eval.body_accuracy", "eval.wing_accuracy", "eval.twin_fid", "eval.diversity"}
+    if stage == 2:
+        expected |= {"eval.consistency_attributes", "eval.consistency_lowfreq"}
+    assert expected <= set(direct)
+    for key, value in direct.items():
+        if key != "eval.seconds":
+            assert rows[-1][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+    assert rows[-1]["eval.diversity"] >= 0 and rows[-1]["eval.twin_fid"] > 0

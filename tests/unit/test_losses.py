@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from stackgan.losses import d_loss, g_loss, kl_loss, mismatched_condition
+from stackgan.losses import (
+    d_loss,
+    g_loss,
+    kl_loss,
+    mismatched_condition,
+    stage_consistency_loss,
+)
 
 
 def bce1(x: float) -> float:  # -log sigmoid(x)
@@ -171,3 +177,35 @@ def test_class_aware_mismatch_errors():
         mismatched_condition(cond, None, "class_aware")
     with pytest.raises(ValueError, match="class_ids has 2 entries"):
         mismatched_condition(cond, torch.tensor([0, 1]), "class_aware")
+
+
+def test_stage_consistency_loss_ties_layout_not_detail():
+    g = torch.Generator().manual_seed(0)
+    low = torch.nn.functional.interpolate(torch.rand(3, 3, 8, 8, generator=g) * 2 - 1, size=64)
+    same = torch.nn.functional.interpolate(low, scale_factor=4, mode="nearest")
+    assert stage_consistency_loss(same, low).item() < 1e-6
+    checker = ((torch.arange(256)[:, None] + torch.arange(256)[None, :]) % 2) * 0.6 - 0.3
+    assert stage_consistency_loss(same + checker, low).item() < 1e-6  # detail is free
+    other = same.flip(-1)  # the same colours, another layout
+    assert stage_consistency_loss(other, low).item() > 0.2
+    x = same.clone().requires_grad_(True)
+    stage_consistency_loss(x + 0.1, low).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_hard_mismatch_mixes_nearest_other_class_and_uniform_rows():
+    # rows 0/1 and 2/3 are near-duplicates of different classes; 4 and 5 are far away
+    base = torch.randn(3, 16, generator=torch.Generator().manual_seed(0))
+    cond = torch.stack([base[0], base[0] + 0.01, base[1], base[1] + 0.01, base[2], -base[2]])
+    ids = torch.tensor([1, 2, 3, 4, 5, 6])
+    nearest = {0: 1, 1: 0, 2: 3, 3: 2}
+    hits = 0
+    for seed in range(40):
+        wrong = mismatched_condition(cond, ids, "hard", torch.Generator().manual_seed(seed))
+        assert wrong.shape == cond.shape
+        for i in range(6):
+            j = int((cond - wrong[i]).abs().sum(1).argmin())
+            assert ids[j] != ids[i]  # never the own class
+            hits += i in nearest and j == nearest[i]
+    # half the rows take the nearest other class, the rest a uniform one (1/5 of them nearest)
+    assert 0.45 < hits / (40 * 4) < 0.75

@@ -135,6 +135,30 @@ def test_wrong_logits_pair_image_rows_with_wrong_condition_rows(arch):
         D(img, cond, torch.randn(B + 1, cond.shape[1]))
 
 
+@pytest.mark.parametrize("arch", ARCHES)
+def test_shared_head_scores_wrong_pairs_in_the_matching_pairs_batch(arch):
+    """shared_head=True: one head call over [matching; mismatched] pairs. In eval mode (no
+    batch statistics) it equals the separate calls; in train mode the matching logits then
+    depend on the mismatched rows through the shared BatchNorm statistics."""
+    torch.manual_seed(2)
+    cfg = tiny_cfg(arch)
+    _, D = build_networks(cfg, 1)
+    B = 6
+    img = torch.randn(B, 3, 64, 64)
+    cond = torch.randn(B, cfg.text_dim if arch == "paper" else cfg.cond_dim)
+    wrong = cond.roll(1, 0)
+    D.eval()
+    sep, shared = D(img, cond, wrong), D(img, cond, wrong, shared_head=True)
+    torch.testing.assert_close(shared.logits, sep.logits)
+    torch.testing.assert_close(shared.wrong_logits, sep.wrong_logits)
+    D.train()
+    feats = D.encode(img)
+    ref = D.cond_head(torch.cat([feats, feats]), torch.cat([cond, wrong]))
+    shared = D(img, cond, wrong, shared_head=True)
+    torch.testing.assert_close(torch.cat([shared.logits, shared.wrong_logits]), ref)
+    assert not torch.allclose(shared.logits, D(img, cond, wrong).logits)
+
+
 @pytest.mark.parametrize(("arch", "stage"), [(a, s) for a in ARCHES for s in (1, 2)])
 def test_every_parameter_is_used_in_forward(arch, stage):
     """DDP with find_unused_parameters=False needs a gradient for every parameter."""
