@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 Arch = Literal["paper", "pytorch"]
 CaNonlinearity = Literal["relu", "leaky_relu"]
 MismatchMode = Literal["shift", "class_aware", "hard"]
-Amp = Literal["fp32", "bf16", "fp16"]
+Amp = Literal["fp32", "bf16", "fp16", "auto"]
 BnMode = Literal["per_rank", "sync"]
 FrozenBn = Literal["eval", "train"]
 GStepFakes = Literal["reuse", "redraw"]
@@ -55,6 +55,9 @@ class ModelConfig:
     r_num: int = 4  # residual blocks in Stage-II G
     ca_nonlinearity: CaNonlinearity | None = None  # per preset: paper leaky_relu, pytorch relu
     uncond_head: bool | None = None  # Stage-II D unconditional head; per preset: pytorch True
+    # Not in the paper: add a projection term <W text, mean of D's 4x4 features> to the
+    # matching-aware logit (Miyato & Koyama 2018), so D must read the text to score a pair.
+    d_projection: bool = False
 
     def __post_init__(self) -> None:
         _check(
@@ -144,7 +147,9 @@ class TrainConfig:
     # each) or one "joint" [real; fake] pass in both the D and the G step (not in the paper)
     d_batch: DBatch = "separate"
     frozen_stage1_bn: FrozenBn = "eval"  # "train" reproduces the reference's BN drift in Stage-II
-    amp: Amp = "fp32"  # bf16 autocast (CPU/GPU) or fp16 + GradScaler (GPU only)
+    # bf16 autocast (CPU/GPU), fp16 + GradScaler (GPU only), or "auto": bf16 where the device
+    # computes it natively, else fp32 (stackgan.runtime.resolve_amp)
+    amp: Amp = "fp32"
     bn: BnMode = "per_rank"  # sync = SyncBatchNorm (GPU only)
     channels_last: bool = False
     compile: bool = False  # torch.compile G and D

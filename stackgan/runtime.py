@@ -16,6 +16,9 @@ import ctypes.util
 import logging
 import os
 import sys
+from pathlib import Path
+
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -38,3 +41,35 @@ def tune_allocator() -> bool:
     if ok:
         log.debug("glibc mallopt: mmap allocations and heap trimming disabled")
     return ok
+
+
+_NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether the CPU computes bf16 in hardware (AVX512-BF16 or AMX-BF16 in ``cpuinfo``).
+
+    Without them (e.g. an AVX2-only CPU) PyTorch emulates bf16 and a training step is many
+    times slower than fp32. False where ``cpuinfo`` cannot be read (non-Linux).
+    """
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return bool(_NATIVE_BF16_FLAGS & set(line.partition(":")[2].split()))
+    return False
+
+
+def resolve_amp(amp: str, device: torch.device, cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The precision a run uses: ``amp`` itself, or for ``"auto"`` bf16 where the device
+    computes it natively (CUDA with bf16 support, a CPU with AVX512-BF16/AMX) and fp32
+    otherwise. The resolved value is logged and recorded with the run."""
+    if amp != "auto":
+        return amp
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu" and cpu_has_native_bf16(cpuinfo):
+        return "bf16"
+    return "fp32"

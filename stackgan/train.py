@@ -31,6 +31,7 @@ import torch
 from stackgan import distributed as dist_utils
 from stackgan.config import ConfigError, RunConfig, flatten, to_dict
 from stackgan.fileio import atomic_open, write_json, write_yaml
+from stackgan.runtime import resolve_amp
 
 log = logging.getLogger("stackgan.train")
 
@@ -246,7 +247,7 @@ def _start_tracker(
         "data.num_samples": manifest["num_samples"],
         "world_size": info.world_size,
         "global_batch": cfg.train.batch_size * info.world_size,
-        "amp": cfg.train.amp,
+        "amp": resolve_amp(cfg.train.amp, info.device),
         "arch": cfg.model.arch,
     }
     tracker.log_params(params)

@@ -52,6 +52,7 @@ from stackgan.losses import (
     stage_consistency_loss,
 )
 from stackgan.networks import d_condition
+from stackgan.runtime import resolve_amp
 from stackgan.sampling import Sampler
 from stackgan.stages import Stage
 
@@ -232,9 +233,12 @@ def training_loop(
     G_ema = copy.deepcopy(G).eval().requires_grad_(False) if t.ema_beta is not None else None
     opt_g = make_adam([p for p in G.parameters() if p.requires_grad], t.lr_g, t.betas)
     opt_d = make_adam([p for p in D.parameters() if p.requires_grad], t.lr_d, t.betas)
-    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.amp]
-    scaler_g = torch.amp.GradScaler(device.type, enabled=t.amp == "fp16")
-    scaler_d = torch.amp.GradScaler(device.type, enabled=t.amp == "fp16")
+    amp = resolve_amp(t.amp, device)
+    if t.amp == "auto" and info.is_main:
+        log.info("train.amp 'auto': %s on this %s", amp, device.type)
+    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    scaler_g = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    scaler_d = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     noise = torch.Generator(device=device)
     noise.manual_seed(t.seed * 1_000_003 + 17 + info.rank)
     mismatch_gen = torch.Generator(device=device)

@@ -263,6 +263,9 @@ class CondLogits(nn.Module):
             requires ``code_dim == cond_in_dim``).
         joint_kernel: 1 (TF) or 3 (PT) for the joint convolution.
         logit_bias: bias on the final 4x4 stride-4 convolution (PT only).
+        projection: add ``<W cond, mean of feats over 4x4>`` to the logit (projection
+            discriminator, Miyato & Koyama 2018, with mean instead of sum pooling so the
+            term starts small; not in StackGAN).
     """
 
     def __init__(
@@ -274,6 +277,7 @@ class CondLogits(nn.Module):
         project: bool,
         joint_kernel: int,
         logit_bias: bool,
+        projection: bool = False,
     ) -> None:
         super().__init__()
         if not project and code_dim != cond_in_dim:
@@ -288,13 +292,18 @@ class CondLogits(nn.Module):
         )
         self.joint = ConvBlock(feat_ch + code_dim, feat_ch, joint_kernel, act="leaky_relu")
         self.logit = conv(feat_ch, 1, 4, stride=4, bias=logit_bias)
+        self.projection = nn.Linear(cond_in_dim, feat_ch, bias=False) if projection else None
 
     def forward(self, feats: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """[B, C, 4, 4] features and [B, cond_in_dim] condition -> logits [B]."""
         code = self.text_fc(cond) if self.text_fc is not None else cond  # [B, code_dim]
         code = tile(code.to(feats.dtype), feats.shape[-1])  # [B, code_dim, 4, 4]
         h = self.joint(torch.cat([feats, code], dim=1))  # [B, C, 4, 4]
-        return self.logit(h).flatten()  # [B]
+        logits = self.logit(h).flatten()  # [B]
+        if self.projection is not None:
+            pooled = feats.float().mean(dim=(2, 3))  # [B, C]
+            logits = logits.float() + (pooled * self.projection(cond.float())).sum(dim=1)
+        return logits
 
 
 class UncondLogits(nn.Module):

@@ -51,7 +51,11 @@ def build_discriminator(model_cfg: ModelConfig, stage: int) -> nn.Module:
     cond_in, code = d_cond_dims(model_cfg)
     if stage == 1:
         return Stage1Discriminator(
-            df_dim=model_cfg.df_dim, cond_in_dim=cond_in, code_dim=code, arch=model_cfg.arch
+            df_dim=model_cfg.df_dim,
+            cond_in_dim=cond_in,
+            code_dim=code,
+            arch=model_cfg.arch,
+            projection=model_cfg.d_projection,
         )
     if stage == 2:
         return Stage2Discriminator(
@@ -60,6 +64,7 @@ def build_discriminator(model_cfg: ModelConfig, stage: int) -> nn.Module:
             code_dim=code,
             arch=model_cfg.arch,
             uncond_head=bool(model_cfg.uncond_head),
+            projection=model_cfg.d_projection,
         )
     raise ValueError(f"stage must be 1 or 2, got {stage}")
 

@@ -107,9 +107,18 @@ class Stage1Discriminator(nn.Module):
         code_dim: size of the tiled text code (paper: d_text_dim via D's own FC;
             pytorch: must equal ``cond_in_dim``).
         arch: ``"paper"`` or ``"pytorch"``.
+        projection: add a projection term to the matching-aware logit (not in the paper).
     """
 
-    def __init__(self, *, df_dim: int, cond_in_dim: int, code_dim: int, arch: Arch) -> None:
+    def __init__(
+        self,
+        *,
+        df_dim: int,
+        cond_in_dim: int,
+        code_dim: int,
+        arch: Arch,
+        projection: bool = False,
+    ) -> None:
         super().__init__()
         check_arch(arch)
         self.arch = arch
@@ -132,6 +141,7 @@ class Stage1Discriminator(nn.Module):
             project=paper,
             joint_kernel=1 if paper else 3,
             logit_bias=not paper,
+            projection=projection,
         )
 
     def forward(

@@ -96,10 +96,18 @@ class Stage2Discriminator(nn.Module):
         arch: ``"paper"`` or ``"pytorch"``.
         uncond_head: build the unconditional head (PT Stage-II); its logit conv has a
             bias only in the pytorch preset.
+        projection: add a projection term to the matching-aware logit (not in the paper).
     """
 
     def __init__(
-        self, *, df_dim: int, cond_in_dim: int, code_dim: int, arch: Arch, uncond_head: bool
+        self,
+        *,
+        df_dim: int,
+        cond_in_dim: int,
+        code_dim: int,
+        arch: Arch,
+        uncond_head: bool,
+        projection: bool = False,
     ) -> None:
         super().__init__()
         check_arch(arch)
@@ -128,6 +136,7 @@ class Stage2Discriminator(nn.Module):
             project=paper,
             joint_kernel=1 if paper else 3,
             logit_bias=not paper,
+            projection=projection,
         )
         self.uncond_head = UncondLogits(ndf * 8, bias=not paper) if uncond_head else None
 

@@ -160,6 +160,40 @@ def test_shared_head_scores_wrong_pairs_in_the_matching_pairs_batch(arch):
 
 
 @pytest.mark.parametrize(("arch", "stage"), [(a, s) for a in ARCHES for s in (1, 2)])
+def test_projection_term_adds_text_feature_inner_product(arch, stage):
+    """model.d_projection: logit = head logit + <W cond, 4x4-averaged features>, with W one
+    extra [feat_ch x cond_in] matrix; off by default (the parameter counts above)."""
+    torch.manual_seed(3)
+    plain, proj = tiny_cfg(arch), tiny_cfg(arch, d_projection=True)
+    _, D0 = build_networks(plain, stage)
+    _, D1 = build_networks(proj, stage)
+    head = D1.cond_head
+    feat_ch = head.logit.in_channels
+    cond_in = head.projection.in_features
+    assert count_params(D1) - count_params(D0) == feat_ch * cond_in
+    D1.eval()
+    size = 64 * (1 if stage == 1 else 4)
+    img, cond = torch.randn(3, 3, size, size), torch.randn(3, cond_in)
+    feats = D1.encode(img)
+    base = head.logit(
+        head.joint(
+            torch.cat(
+                [
+                    feats,
+                    head.text_fc(cond)[:, :, None, None].expand(-1, -1, 4, 4)
+                    if head.text_fc is not None
+                    else cond[:, :, None, None].expand(-1, -1, 4, 4),
+                ],
+                1,
+            )
+        )
+    ).flatten()
+    want = base + (feats.mean((2, 3)) * (cond @ head.projection.weight.T)).sum(1)
+    torch.testing.assert_close(D1(img, cond).logits, want)
+    assert D0.cond_head.projection is None
+
+
+@pytest.mark.parametrize(("arch", "stage"), [(a, s) for a in ARCHES for s in (1, 2)])
 def test_every_parameter_is_used_in_forward(arch, stage):
     """DDP with find_unused_parameters=False needs a gradient for every parameter."""
     torch.manual_seed(0)
