@@ -42,6 +42,7 @@ def build_generator(model_cfg: ModelConfig, stage: int) -> nn.Module:
             r_num=m.r_num,
             arch=m.arch,
             ca_nonlinearity=m.ca_nonlinearity,
+            skip=m.stage2_skip,
         )
     raise ValueError(f"stage must be 1 or 2, got {stage}")
 

@@ -8,6 +8,7 @@ Layer tables: docs/architecture.md.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from stackgan.config import Arch, CaNonlinearity
@@ -26,6 +27,8 @@ from stackgan.networks.blocks import (
 )
 from stackgan.networks.conditioning import CaNoise, CondAugment
 
+SKIP_CLAMP = 0.99  # |Stage-I pixel| limit before atanh (model.stage2_skip)
+
 
 class Stage2Generator(nn.Module):
     """Stage-II G: encode the 64x64 image to 16x16, join the tiled CA code, residual
@@ -39,6 +42,10 @@ class Stage2Generator(nn.Module):
         arch: ``"paper"`` or ``"pytorch"`` (only changes the CA's log sigma/logvar reading).
         ca_nonlinearity: CA activation.
         ca_noise: CA eps distribution.
+        skip: refine instead of redraw (not in the paper): the output is
+            ``tanh(decoder(h) + atanh(up(stage1_img)))`` with ``up`` bilinear to 256 px
+            (clamped to +-0.99 before atanh), so an untrained G already returns the
+            Stage-I image; no extra parameters.
     """
 
     def __init__(
@@ -51,10 +58,12 @@ class Stage2Generator(nn.Module):
         arch: Arch,
         ca_nonlinearity: CaNonlinearity,
         ca_noise: CaNoise = "normal",
+        skip: bool = False,
     ) -> None:
         super().__init__()
         check_arch(arch)
         self.arch = arch
+        self.skip = skip
         g = gf_dim
         self.ca = CondAugment(
             text_dim, cond_dim, ca_nonlinearity, log_sigma=arch == "paper", noise=ca_noise
@@ -83,7 +92,12 @@ class Stage2Generator(nn.Module):
         c, mu, logvar = self.ca(text_emb)  # [B, cond_dim]
         h = torch.cat([x, tile(c.to(x.dtype), x.shape[-1])], dim=1)  # [B, 4g+cond, 16, 16]
         h = self.residual(self.joint(h))  # [B, 4g, 16, 16]
-        return self.decode(h), mu, logvar
+        if not self.skip:
+            return self.decode(h), mu, logvar
+        pre = self.decode[:-1](h)  # [B, 3, 256, 256] before the final tanh
+        base = F.interpolate(stage1_img.float(), size=pre.shape[-2:], mode="bilinear")
+        base = torch.atanh(base.clamp(-SKIP_CLAMP, SKIP_CLAMP))
+        return torch.tanh(pre.float() + base).to(pre.dtype), mu, logvar
 
 
 class Stage2Discriminator(nn.Module):

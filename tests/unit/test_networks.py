@@ -193,6 +193,38 @@ def test_projection_term_adds_text_feature_inner_product(arch, stage):
     assert D0.cond_head.projection is None
 
 
+@pytest.mark.parametrize("arch", ARCHES)
+def test_stage2_skip_refines_the_upsampled_stage1_image(arch):
+    """model.stage2_skip: out = tanh(decoder pre-activation + atanh(bilinear up(Stage-I))),
+    no extra parameters; with a zero decoder output G returns the upsampled Stage-I image."""
+    torch.manual_seed(4)
+    G0, _ = build_networks(tiny_cfg(arch), 2)
+    G1, _ = build_networks(tiny_cfg(arch, stage2_skip=True), 2)
+    assert count_params(G0) == count_params(G1)
+    G1.eval()
+    low, emb = torch.rand(2, 3, 64, 64) * 2 - 1, torch.randn(2, tiny_cfg(arch).text_dim)
+    torch.manual_seed(5)
+    out, _, _ = G1(low, emb)
+    torch.manual_seed(5)
+    pre = G1.decode[:-1](
+        G1.residual(
+            G1.joint(
+                torch.cat(
+                    [G1.encode(low), G1.ca(emb)[0][:, :, None, None].expand(-1, -1, 16, 16)], 1
+                )
+            )
+        )
+    )
+    up = F.interpolate(low, size=256, mode="bilinear")
+    torch.testing.assert_close(out, torch.tanh(pre + torch.atanh(up.clamp(-0.99, 0.99))))
+    last = G1.decode[-2]
+    nn.init.zeros_(last.weight)
+    if last.bias is not None:
+        nn.init.zeros_(last.bias)
+    out, _, _ = G1(low, emb)
+    torch.testing.assert_close(out, up.clamp(-0.99, 0.99), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize(("arch", "stage"), [(a, s) for a in ARCHES for s in (1, 2)])
 def test_every_parameter_is_used_in_forward(arch, stage):
     """DDP with find_unused_parameters=False needs a gradient for every parameter."""
