@@ -34,7 +34,10 @@ def machine() -> str:
     except OSError:
         pass
     mem = psutil.virtual_memory().total / 2**30
-    return f"{cpu}, {os.cpu_count()} logical cores, {mem:.0f} GiB RAM, Python {platform.python_version()}"
+    return (
+        f"{cpu}, {os.cpu_count()} logical cores, {mem:.0f} GiB RAM, "
+        f"Python {platform.python_version()}"
+    )
 
 
 def ensure_twin(workdir: Path, images: int, seed: int = 0) -> Path:
@@ -90,7 +93,9 @@ class TreeRssSampler:
 def run_build(
     root: Path, out: Path, workers: int, splits: list[str]
 ) -> tuple[float, int, int, int]:
-    """Run ``stackgan build-shards`` in a subprocess; return (seconds, images, peak tree RSS, peak single RSS)."""
+    """Run ``stackgan build-shards`` in a subprocess; return (seconds, images, peak tree RSS,
+    peak single RSS).
+    """
     cmd = [
         sys.executable, "-m", "stackgan.data.shards", "--root", str(root), "--out", str(out),
         "--workers", str(workers), "--quiet", "--splits", *splits,
@@ -117,12 +122,14 @@ def bench_preprocess(root: Path, workdir: Path, repeats: int) -> None:
                 seconds, images, _, _ = run_build(root, Path(tmp), workers, ["train", "test"])
             rates[workers].append(images / seconds)
             print(
-                f"  repeat {r}: {workers} process(es): {images} images in {seconds:.1f} s = {images / seconds:.1f} img/s"
+                f"  repeat {r}: {workers} process(es): {images} images in {seconds:.1f} s = "
+                f"{images / seconds:.1f} img/s"
             )
     ratios = [b / a for a, b in zip(rates[1], rates[2], strict=True)]
     m1, m2 = statistics.median(rates[1]), statistics.median(rates[2])
     print(
-        f"  median: 1 process {m1:.1f} img/s, 2 processes {m2:.1f} img/s; median of per-repeat ratios {statistics.median(ratios):.2f}x"
+        f"  median: 1 process {m1:.1f} img/s, 2 processes {m2:.1f} img/s; "
+        f"median of per-repeat ratios {statistics.median(ratios):.2f}x"
     )
 
 
@@ -166,7 +173,8 @@ def bench_loader(root: Path, workdir: Path, repeats: int, batches: int) -> None:
                 next(it)
             rates.append(batches * 64 / (time.perf_counter() - t0))
         print(
-            f"  train-{res}: median {statistics.median(rates):.0f} samples/s per worker ({', '.join(f'{x:.0f}' for x in rates)})"
+            f"  train-{res}: median {statistics.median(rates):.0f} samples/s per worker "
+            f"({', '.join(f'{x:.0f}' for x in rates)})"
         )
 
 

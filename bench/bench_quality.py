@@ -10,7 +10,8 @@ and spreads over seeds, checks the quality targets, and writes ``quality.json`` 
 
     python bench/bench_quality.py --help
     # the quality benchmark: CUB-scale twin (200 classes, 12,000 images), 60 min of training
-    python bench/bench_quality.py --configfile bench/quality.yaml --seeds 0 1 2 --out bench-out/quality
+    python bench/bench_quality.py --configfile bench/quality.yaml --seeds 0 1 2 \\
+        --out bench-out/quality
     # the README demo, three seeds (seed 0 is the README's own run)
     python bench/bench_quality.py --seeds 0 1 2 --out bench-out/demo
 
@@ -203,7 +204,8 @@ def main() -> int:
         summary = json.loads((run_dir / "summary.json").read_text())["metrics"]
         for stage, points in stages.items():
             print_table(
-                f"{run} {stage}: {train[stage]['steps']} steps, {train[stage]['seconds'] / 60:.1f} min",
+                f"{run} {stage}: {train[stage]['steps']} steps, "
+                f"{train[stage]['seconds'] / 60:.1f} min",
                 points,
             )
         targets = check_targets(stages, demo)

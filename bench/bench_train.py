@@ -42,7 +42,10 @@ def machine() -> str:
         ),
         "?",
     )
-    return f"{cpu}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}"
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
+        f"Python {platform.python_version()}"
+    )
 
 
 def peak_gflops(dtype_name: str, size: int = 2048, repeats: int = 10) -> float:
@@ -245,10 +248,12 @@ def main() -> int:
     print(f"# machine: {machine()}")
     peaks = {d: peak_gflops(d) for d in ("fp32", "bf16")}
     print(
-        f"# measured peak matmul: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s"
+        f"# measured peak matmul: fp32 {peaks['fp32']:.0f} GFLOP/s, "
+        f"bf16 {peaks['bf16']:.0f} GFLOP/s"
     )
     print(
-        f"# arch {args.arch}, ranks {args.ranks}, {args.warmup} warm-up + {args.steps} timed steps per case"
+        f"# arch {args.arch}, ranks {args.ranks}, "
+        f"{args.warmup} warm-up + {args.steps} timed steps per case"
     )
     print(
         "stage  batch  mode           step s (median)   img/s   GFLOP/s   MFU     peak RSS GiB"
@@ -290,8 +295,10 @@ def main() -> int:
             mean_d = statistics.fmean(v[0] for v in losses)
             mean_g = statistics.fmean(v[1] for v in losses)
             print(
-                f"{stage:>5}  {batch:>5}  {mode:<13}  {med:8.2f} ({min(r['step_s']):.2f}-{max(r['step_s']):.2f})"
-                f"  {imgs:6.1f}  {gflops:8.0f}  {100 * gflops / peak:5.1f}%  {r['peak_rss'] / 2**30:8.2f}"
+                f"{stage:>5}  {batch:>5}  {mode:<13}  {med:8.2f} "
+                f"({min(r['step_s']):.2f}-{max(r['step_s']):.2f})"
+                f"  {imgs:6.1f}  {gflops:8.0f}  {100 * gflops / peak:5.1f}%"
+                f"  {r['peak_rss'] / 2**30:8.2f}"
                 f"   {mean_d:.4f}/{mean_g:.4f}{agree}",
                 flush=True,
             )

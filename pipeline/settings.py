@@ -230,16 +230,19 @@ def _check_resources(config: dict[str, Any]) -> list[str]:
         r = res[rule]
         if r["gpus"] > res["gpus_per_node"]:
             problems.append(
-                f"resources.{rule}.gpus: {r['gpus']} GPUs per node requested, but resources.gpus_per_node "
+                f"resources.{rule}.gpus: {r['gpus']} GPUs per node requested, "
+                "but resources.gpus_per_node "
                 f"(what one node of the profile's GPU partition has) is {res['gpus_per_node']}"
             )
         if r["gpus"] > 0 and r["ranks_per_node"] != r["gpus"]:
             problems.append(
-                f"resources.{rule}.ranks_per_node: must equal gpus ({r['gpus']}) on GPU nodes (one rank per GPU)"
+                f"resources.{rule}.ranks_per_node: must equal gpus ({r['gpus']}) on GPU nodes "
+                "(one rank per GPU)"
             )
     if res["evaluate"]["gpus"] > res["gpus_per_node"]:
         problems.append(
-            f"resources.evaluate.gpus: {res['evaluate']['gpus']} > resources.gpus_per_node {res['gpus_per_node']}"
+            f"resources.evaluate.gpus: {res['evaluate']['gpus']} > "
+            f"resources.gpus_per_node {res['gpus_per_node']}"
         )
     return problems
 
@@ -257,7 +260,8 @@ def resolve(user: dict[str, Any]) -> Settings:
     stages = set(config["stages"])
     if 2 in stages and 1 not in stages and not config.get("stage1_generator"):
         problems.append(
-            "stages: Stage-II needs Stage-I: add 1 to stages, or set stage1_generator to a Stage-I network file"
+            "stages: Stage-II needs Stage-I: add 1 to stages, "
+            "or set stage1_generator to a Stage-I network file"
         )
     if config.get("stage1_generator") and 1 in stages:
         problems.append("stage1_generator: given, but stages also trains Stage-I; drop one of them")
@@ -319,5 +323,6 @@ def resolve_tracking_uri(configured: str | None, results_dir: str) -> str:
     The default store is shared by every run under one results directory, so two pipeline
     runs (``--config run=a`` / ``run=b``) land side by side in the same MLflow experiment.
     """
-    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
-    return uri or "sqlite:///" + os.path.abspath(os.path.join(results_dir, "mlflow.db"))
+    from stackgan.tracking import resolve_tracking_uri as resolve
+
+    return resolve(configured, Path(results_dir))

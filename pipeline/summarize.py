@@ -69,8 +69,10 @@ def html_table(run: str, metrics: dict[str, float], details: dict[str, Any]) -> 
         for name, why in sorted(d.get("eval", {}).get("skipped", {}).items())
     )
     return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(run)} metrics</title></head><body>"
-        f"<h2>StackGAN run {html.escape(run)}</h2><table border='1' cellpadding='4' style='border-collapse:collapse'>"
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(run)} metrics</title></head><body>"
+        f"<h2>StackGAN run {html.escape(run)}</h2>"
+        "<table border='1' cellpadding='4' style='border-collapse:collapse'>"
         f"<tr><th>metric</th><th>value</th></tr>{rows}</table>"
         + (f"<h3>Skipped metrics</h3><ul>{skipped}</ul>" if skipped else "")
         + "</body></html>\n"

@@ -75,7 +75,9 @@ def list_states(workdir: str | Path) -> list[tuple[int, Path]]:
 
 
 def find_latest(workdir: str | Path) -> dict[str, Any] | None:
-    """The newest training state that loads, or ``None``; corrupt files are skipped with a warning."""
+    """The newest training state that loads, or ``None``; corrupt files are skipped
+    with a warning.
+    """
     for step, path in list_states(workdir):
         try:
             state = load(path, expected_format=STATE_FORMAT)

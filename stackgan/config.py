@@ -58,6 +58,9 @@ class ModelConfig:
     # Not in the paper: add a projection term <W text, mean of D's 4x4 features> to the
     # matching-aware logit (Miyato & Koyama 2018), so D must read the text to score a pair.
     d_projection: bool = False
+    # Not in the paper: Stage-II G refines the Stage-I image instead of redrawing it; its
+    # decoder output is added (before tanh) to atanh of the bilinearly upsampled Stage-I image
+    stage2_skip: bool = False
 
     def __post_init__(self) -> None:
         _check(
@@ -83,7 +86,8 @@ class ModelConfig:
             _check(
                 self.d_text_dim == self.cond_dim,
                 "model.d_text_dim",
-                f"the pytorch arch conditions D on G's mu, so it must equal cond_dim={self.cond_dim}",
+                "the pytorch arch conditions D on G's mu, so it must equal "
+                f"cond_dim={self.cond_dim}",
             )
 
 

@@ -1,4 +1,5 @@
-"""``stackgan evaluate``: IS / FID / KID, conditional accuracy and captioned grids for one generator.
+"""``stackgan evaluate``: IS / FID / KID, conditional accuracy and captioned grids for one
+generator.
 
     stackgan evaluate --network results/demo/stage2/network-final.pt \\
         --index shards/test-index.h5 --out results/demo/eval/stage2 \\
@@ -85,7 +86,8 @@ def build_extractor(args: argparse.Namespace) -> Any | None:
 def _skip_reason(args: argparse.Namespace) -> str:
     return (
         "no Inception weights given (--inception-weights / eval.inception_weights); they cannot be "
-        "downloaded at run time. Put pt_inception-2015-12-05-6726825d.pth on local disk and point to it."
+        "downloaded at run time. Put pt_inception-2015-12-05-6726825d.pth on local disk "
+        "and point to it."
     )
 
 
@@ -253,7 +255,8 @@ def run(args: argparse.Namespace) -> int:
                 real, real_meta = read_real_stats(args.real_stats)
                 if real_meta.get("weights_sha256") != (extractor.weights_sha256 or ""):
                     raise ValueError(
-                        f"{args.real_stats}: made with extractor weights {real_meta.get('weights_sha256')!r}, not {extractor.weights_sha256!r}"
+                        f"{args.real_stats}: made with extractor weights "
+                        f"{real_meta.get('weights_sha256')!r}, not {extractor.weights_sha256!r}"
                     )
         classifier = None
         if args.attribute_classifier is not None:

@@ -15,10 +15,8 @@ without regenerating.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,10 +24,10 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
-from PIL import Image
 
 from stackgan import distributed as dist_utils
 from stackgan.data import format as fmt
+from stackgan.data.imagesets import iter_real_images
 from stackgan.fileio import atomic_path, sha256_file
 from stackgan.grids import captioned_grid
 from stackgan.sampling import Sampler, chunks, shard_chunks
@@ -76,7 +74,8 @@ def load_requests(index_path: str | Path, protocol: Protocol) -> Requests:
         n_caps = h5["embeddings"].shape[1]
         if protocol.captions_per_image > n_caps:
             raise ValueError(
-                f"{index_path}: {n_caps} captions per image, protocol wants {protocol.captions_per_image}"
+                f"{index_path}: {n_caps} captions per image, "
+                f"protocol wants {protocol.captions_per_image}"
             )
         emb = h5["embeddings"][:n_images, : protocol.captions_per_image]  # [n, k, D]
         captions = h5["captions"][:n_images, : protocol.captions_per_image]
@@ -169,7 +168,8 @@ def generate_activations(
     out = {key: np.concatenate(parts)[order] for key, parts in merged.items()}
     if not np.array_equal(out["request"], np.arange(len(requests))):
         raise RuntimeError(
-            f"evaluation coverage broken: got {len(out['request'])} rows for {len(requests)} requests "
+            f"evaluation coverage broken: got {len(out['request'])} rows "
+            f"for {len(requests)} requests "
             f"({len(np.unique(out['request']))} distinct)"
         )
     return out
@@ -212,45 +212,6 @@ def read_cache(path: Path, meta: dict[str, Any]) -> dict[str, np.ndarray] | None
 # --------------------------------------------------------------------------- real images
 
 
-def iter_real_images(
-    set_dir: str | Path, size: int = 256, batch_size: int = 64
-) -> Iterator[torch.Tensor]:
-    """The set's images in index order, centre-cropped to ``size``, as [-1, 1] batches."""
-    import webdataset as wds
-
-    manifest = json.loads((Path(set_dir) / fmt.MANIFEST).read_text())
-    member = manifest["image_member"]
-    samples = sorted(
-        wds.WebDataset(
-            fmt.shard_urls(set_dir),
-            shardshuffle=False,
-            empty_check=False,
-            nodesplitter=_every_shard,  # every rank reads the whole set (also under DDP)
-        ),
-        key=lambda s: s["__key__"],
-    )
-    batch: list[np.ndarray] = []
-    for sample in samples:
-        with Image.open(io.BytesIO(sample[member])) as img:
-            arr = np.asarray(img.convert("RGB"))
-        off_y, off_x = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
-        batch.append(arr[off_y : off_y + size, off_x : off_x + size])
-        if len(batch) == batch_size:
-            yield _to_tensor(batch)
-            batch = []
-    if batch:
-        yield _to_tensor(batch)
-
-
-def _every_shard(urls: Iterator[str]) -> Iterator[str]:
-    return urls
-
-
-def _to_tensor(batch: list[np.ndarray]) -> torch.Tensor:
-    x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float()
-    return x.div_(127.5).sub_(1.0)
-
-
 def write_real_stats(
     path: Path, set_dir: str | Path, extractor: Any, batch_size: int = 64
 ) -> dict[str, Any]:
@@ -260,7 +221,7 @@ def write_real_stats(
 
     feats, logits = extract(extractor, iter_real_images(set_dir, 256, batch_size), batch_size)
     mu, sigma = feature_statistics(feats)
-    manifest = json.loads((Path(set_dir) / fmt.MANIFEST).read_text())
+    manifest = fmt.read_manifest(set_dir)
     meta = {
         **extractor.metadata(),
         "image_size": 256,
@@ -322,7 +283,10 @@ def evaluation_grid(
         label = (
             f"Stage-I x{n_samples}"
             if sampler.stage == 1
-            else f"left: Stage-I (64 px, upsampled) x{n_samples} | right: Stage-II (256 px) x{n_samples}"
+            else (
+                f"left: Stage-I (64 px, upsampled) x{n_samples} | "
+                f"right: Stage-II (256 px) x{n_samples}"
+            )
         )
         captions.append(f"{requests.captions[i] or requests.keys[i]}   [{label}]")
     return captioned_grid(rows, captions, tile=128 if sampler.stage == 2 else 96)

@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return 2
     if emb.shape[1] != sampler.model.text_dim:
         print(
-            f"stackgan generate: embeddings have dimension {emb.shape[1]}, the network expects {sampler.model.text_dim}",
+            f"stackgan generate: embeddings have dimension {emb.shape[1]}, "
+            f"the network expects {sampler.model.text_dim}",
             file=sys.stderr,
         )
         return 2

@@ -15,12 +15,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
+from stackgan.data.imagesets import to_uint8_images
 from stackgan.fileio import atomic_path
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """[-1, 1] float [N, 3, H, W] -> uint8 [N, H, W, 3] (rounded, clipped)."""
-    x = images.detach().float().cpu().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+    x = to_uint8_images(images)
     return x.permute(0, 2, 3, 1).numpy()
 
 

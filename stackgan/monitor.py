@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from stackgan import distributed as dist_utils
+from stackgan.data.imagesets import iter_real_images
 from stackgan.fileio import atomic_path, sha256_file
 from stackgan.metrics import quality
 from stackgan.metrics.conditional import (
@@ -105,7 +106,6 @@ def real_reference(
     cache: Path | None,
 ) -> tuple[np.ndarray, float]:
     """Real test-image features and their mean within-class pairwise distance (cached)."""
-    from stackgan.evaluation import iter_real_images
     from stackgan.provenance import manifest_hash
 
     key = {

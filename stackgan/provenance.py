@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-import socket
 import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from stackgan.data.format import MANIFEST
 from stackgan.fileio import sha256_bytes
 
 PACKAGES = (
@@ -76,21 +75,4 @@ def slurm_info(env: dict[str, str] | None = None) -> dict[str, str]:
 
 def manifest_hash(set_dir: str | Path) -> str:
     """sha256 of a shard set's manifest: identifies the exact data version."""
-    return sha256_bytes((Path(set_dir) / "manifest.json").read_bytes())
-
-
-def manifest_summary(set_dir: str | Path) -> dict[str, Any]:
-    """Small, loggable facts about a shard set."""
-    m = json.loads((Path(set_dir) / "manifest.json").read_text())
-    return {
-        "set": m["set"],
-        "num_samples": m["num_samples"],
-        "num_classes": m.get("num_classes"),
-        "resize": m["preprocessing"]["resize"],
-        "manifest_sha256": manifest_hash(set_dir),
-    }
-
-
-def host() -> str:
-    """This machine's short host name."""
-    return socket.gethostname().split(".")[0]
+    return sha256_bytes((Path(set_dir) / MANIFEST).read_bytes())

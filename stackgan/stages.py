@@ -1,4 +1,4 @@
-"""What differs between Stage-I and Stage-II, as data: networks, resolution, how fakes are made.
+"""What differs between Stage-I and Stage-II, as data: networks and how fakes are made.
 
 The training loop is written once; it receives a :class:`Stage` and calls
 ``stage.generate(G, emb, z)``. Stage-II owns a *frozen* Stage-I generator that is never
@@ -31,7 +31,6 @@ class Stage:
     """One training stage: trainable G and D plus (for Stage-II) the frozen Stage-I generator."""
 
     number: int
-    resolution: int
     G: nn.Module
     D: nn.Module
     frozen_g1: nn.Module | None = None
@@ -101,7 +100,8 @@ def load_stage1_generator(path: str | Path, model: ModelConfig) -> tuple[nn.Modu
     for key in ("text_dim", "z_dim"):
         if getattr(g1_cfg, key) != getattr(model, key):
             raise ConfigError(
-                f"stage1_generator: {path} has model.{key}={getattr(g1_cfg, key)}, run config has {getattr(model, key)}"
+                f"stage1_generator: {path} has model.{key}={getattr(g1_cfg, key)}, "
+                f"run config has {getattr(model, key)}"
             )
     g1, _ = build_networks(g1_cfg, 1)
     g1.load_state_dict(payload["G"])
@@ -120,7 +120,7 @@ def build_stage(cfg: RunConfig, stage1_generator: str | Path | None = None) -> S
     if cfg.stage == 1:
         if stage1_generator is not None:
             raise ConfigError("stage1_generator: only Stage-II takes a Stage-I generator")
-        return Stage(1, 64, G, D)
+        return Stage(1, G, D)
     if stage1_generator is None:
         raise ConfigError(
             "stage1_generator: Stage-II needs the Stage-I generator file (train Stage-I first)"
@@ -128,7 +128,6 @@ def build_stage(cfg: RunConfig, stage1_generator: str | Path | None = None) -> S
     g1, info = load_stage1_generator(stage1_generator, cfg.model)
     return Stage(
         2,
-        256,
         G,
         D,
         frozen_g1=g1,

@@ -3,9 +3,10 @@
 FLOPs come from :class:`torch.utils.flop_counter.FlopCounterMode` (matmuls and
 convolutions, forward and backward; one multiply-add = 2 FLOPs; BatchNorm, activations,
 up-sampling and losses are not counted). They are the architecture's nominal FLOPs: the
-fused upsample+conv kernel used in training executes fewer (see ``UpBlock``). FLOP counts depend only on shapes, so by default
-the networks are built and run on the ``meta`` device: no memory, no compute, exact counts
-for full-size networks in well under a second (``--device cpu`` really runs them).
+fused upsample+conv kernel used in training executes fewer (see ``UpBlock``). FLOP counts
+depend only on shapes, so by default the networks are built and run on the ``meta``
+device: no memory, no compute, exact counts for full-size networks in well under a second
+(``--device cpu`` really runs them).
 """
 
 from __future__ import annotations

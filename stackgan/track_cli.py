@@ -34,6 +34,7 @@ from stackgan.tracking import (
     default_artifact_location,
     ensure_experiment,
     find_run,
+    mlflow_client,
     param_items,
     read_run_id,
     resolve_tracking_uri,
@@ -42,13 +43,6 @@ from stackgan.tracking import (
 
 log = logging.getLogger(__name__)
 PIPELINE_ROLE_TAG = "stackgan.role"
-
-
-def _client(uri: str) -> Any:
-    configure_mlflow_environment()
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
 
 
 def _key_values(pairs: list[str], option: str) -> dict[str, str]:
@@ -104,7 +98,7 @@ def cmd_start_parent(args: argparse.Namespace) -> int:
     tags = _key_values(args.tag, "--tag")
     params = _key_values(args.param, "--param")
     experiment_id = ensure_experiment(uri, args.experiment, location)
-    client = _client(uri)
+    client = mlflow_client(uri)
     run = find_run(client, read_run_id(args.out)) if args.out.exists() else None
     if run is not None:
         run_id = run.info.run_id
@@ -141,7 +135,7 @@ def cmd_log_summary(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.metrics}: no numeric values under 'metrics'")
     now_ms = int(time.time() * 1000)
     metrics = [Metric(k, v, now_ms, 0) for k, v in values.items() if not math.isnan(v)]
-    client = _client(args.tracking_uri)
+    client = mlflow_client(args.tracking_uri)
     for start in range(0, len(metrics), 1000):
         client.log_batch(run_id, metrics=metrics[start : start + 1000])
     print(f"logged {len(metrics)} summary metric(s) on run {run_id}")
@@ -151,7 +145,7 @@ def cmd_log_summary(args: argparse.Namespace) -> int:
 def cmd_finish_parent(args: argparse.Namespace) -> int:
     """End the parent run with ``--status`` and set tag ``status``."""
     run_id = _parent_id(args.parent_run_id_file)
-    client = _client(args.tracking_uri)
+    client = mlflow_client(args.tracking_uri)
     client.set_tag(run_id, "status", args.status)
     client.set_terminated(run_id, status=args.status)
     print(f"run {run_id} {args.status}")

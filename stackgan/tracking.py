@@ -52,7 +52,8 @@ MAX_METRICS_PER_BATCH = 1000
 TRUNCATION_MARKER = "...[truncated]"
 
 PARENT_RUN_TAG = "mlflow.parentRunId"
-STAGE_TAG = "stage"  # the pipeline stage of a run ("stage1", "stage2", "eval", ...)
+# what a run is: "1"/"2" (a training stage), "eval1"/"eval2" (its evaluation), "pipeline"
+STAGE_TAG = "stage"
 ATTEMPT_TAG = "stackgan.attempt"  # 1 for a new run, +1 each time it is continued
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 
@@ -114,7 +115,7 @@ def configure_mlflow_environment() -> None:
         sys.modules["mlflow.telemetry.client"].set_telemetry_client()
 
 
-def _client(uri: str) -> MlflowClient:
+def mlflow_client(uri: str) -> MlflowClient:
     configure_mlflow_environment()
     from mlflow import MlflowClient
 
@@ -183,7 +184,7 @@ def ensure_experiment(uri: str, name: str, artifact_location: str | None = None)
     """
     from mlflow.exceptions import MlflowException
 
-    client = _client(uri)
+    client = mlflow_client(uri)
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
@@ -302,7 +303,9 @@ def check_tracking_store(
             db = _sqlite_db_path(uri)
             if db is not None:
                 _probe_writable_dir(db.parent, create=False)
-            _call_with_timeout(lambda: _client(uri).search_experiments(max_results=1), timeout_s)
+            _call_with_timeout(
+                lambda: mlflow_client(uri).search_experiments(max_results=1), timeout_s
+            )
             artifact_location = artifact_location or default_artifact_location(uri)
         elif scheme in ("http", "https"):
             _call_with_timeout(lambda: _check_http(uri, timeout_s), timeout_s + 1.0)
@@ -312,7 +315,9 @@ def check_tracking_store(
                 "sqlite:///<dir>/mlflow.db or an http:// server"
             )
         else:
-            _call_with_timeout(lambda: _client(uri).search_experiments(max_results=1), timeout_s)
+            _call_with_timeout(
+                lambda: mlflow_client(uri).search_experiments(max_results=1), timeout_s
+            )
         artifact_dir = _local_artifact_dir(artifact_location)
         if artifact_dir is not None:
             _probe_writable_dir(artifact_dir, create=True)
@@ -620,7 +625,7 @@ class MLflowTracker:
         incremented, so a retried stage appears as one run.
         """
         configure_mlflow_environment()
-        client = client or _client(tracking_uri)
+        client = client or mlflow_client(tracking_uri)
         location = artifact_location or default_artifact_location(tracking_uri)
         experiment_id = ensure_experiment(tracking_uri, experiment, location)
         run = find_run(client, read_run_id(run_id_file)) if run_id_file else None
@@ -901,6 +906,7 @@ __all__ = [
     "default_artifact_location",
     "ensure_experiment",
     "find_run",
+    "mlflow_client",
     "param_items",
     "read_run_id",
     "resolve_tracking_uri",

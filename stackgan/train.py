@@ -30,6 +30,7 @@ import torch
 
 from stackgan import distributed as dist_utils
 from stackgan.config import ConfigError, RunConfig, flatten, to_dict
+from stackgan.data.format import read_manifest
 from stackgan.fileio import atomic_open, write_json, write_yaml
 from stackgan.runtime import resolve_amp
 
@@ -112,14 +113,15 @@ def _setup_logging(rank: int) -> None:
 
 def _check_inputs(args: argparse.Namespace, cfg: RunConfig) -> dict[str, Any]:
     """Everything that can be checked before compute; returns the data manifest."""
-    manifest_path = args.data / "manifest.json"
-    if not manifest_path.is_file():
-        raise ConfigError(f"--data: {manifest_path} not found (missing or incomplete shard set)")
-    manifest = json.loads(manifest_path.read_text())
+    try:
+        manifest = read_manifest(args.data)
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(f"--data: {err}") from err
     expected = 64 if cfg.stage == 1 else 256
     if int(manifest["resolution"]) != expected:
         raise ConfigError(
-            f"--data: {args.data} holds {manifest['resolution']} px images; Stage-{cfg.stage} trains on {expected} px"
+            f"--data: {args.data} holds {manifest['resolution']} px images; "
+            f"Stage-{cfg.stage} trains on {expected} px"
         )
     if cfg.stage == 2 and args.stage1_generator is None:
         raise ConfigError("--stage1-generator is required for Stage-II (train Stage-I first)")
@@ -206,7 +208,9 @@ def _standing_embeddings(
 def _start_tracker(
     args: argparse.Namespace, cfg: RunConfig, info: dist_utils.DistInfo, manifest: dict
 ) -> Any:
-    """MLflow child run on rank 0 (continued on retry); a no-op tracker elsewhere or without a URI."""
+    """MLflow child run on rank 0 (continued on retry); a no-op tracker elsewhere or
+    without a URI.
+    """
     from stackgan.tracking import MLflowTracker, NullTracker, read_run_id
 
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")

@@ -42,7 +42,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from stackgan import checkpoint as ckpt
 from stackgan import distributed as dist_utils
 from stackgan.config import ConfigError, RunConfig, to_dict
-from stackgan.data.loader import to_float_images
+from stackgan.data.imagesets import to_float_images
 from stackgan.grids import make_grid, save_png
 from stackgan.losses import (
     d_loss,
@@ -58,6 +58,7 @@ from stackgan.stages import Stage
 
 if TYPE_CHECKING:
     from stackgan.monitor import TrainingMonitor
+    from stackgan.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -102,20 +103,11 @@ class StopFlag:
         return self.signum is not None
 
 
-class Tracker:
-    """Minimal tracking interface used by the loop (implemented in :mod:`stackgan.tracking`)."""
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
-
-    def log_image(self, image: Any, key: str, step: int | None = None) -> None: ...
-
-
 @dataclass
 class LoopResult:
     """What a finished (or stopped) run reports."""
 
     step: int
-    total_steps: int
     epoch: int
     last_metrics: dict[str, float] = field(default_factory=dict)
     resumed_from: int | None = None
@@ -132,7 +124,9 @@ def total_steps(cfg: RunConfig, steps_per_epoch: int) -> int:
 
 
 def learning_rates(cfg: RunConfig, epoch: int) -> tuple[float, float]:
-    """Step decay at epoch starts: ``lr x factor^(epoch // lr_decay_epochs)`` (the references' rule)."""
+    """Step decay at epoch starts: ``lr x factor^(epoch // lr_decay_epochs)``
+    (the references' rule).
+    """
     t = cfg.train
     k = epoch // t.lr_decay_epochs if t.lr_decay_epochs > 0 else 0
     return t.lr_g * t.lr_decay_factor**k, t.lr_d * t.lr_decay_factor**k
@@ -450,7 +444,8 @@ def training_loop(
         losses = torch.stack([loss_d.detach().float(), loss_g.detach().float()])
         if not bool(torch.isfinite(losses).all()):
             raise NonFiniteLossError(
-                f"non-finite loss at step {step} (epoch {epoch}): loss_d={losses[0].item()}, loss_g={losses[1].item()}; "
+                f"non-finite loss at step {step} (epoch {epoch}): "
+                f"loss_d={losses[0].item()}, loss_g={losses[1].item()}; "
                 "try a lower learning rate or amp: fp32"
             )
         step_stats = {
@@ -552,7 +547,6 @@ def training_loop(
     dist_utils.barrier()
     return LoopResult(
         step,
-        n_total,
         step // steps_per_epoch,
         last_metrics,
         resumed_from,
@@ -662,7 +656,8 @@ def _restore(
         )
     if int(state["data"].get("num_workers", cfg.train.num_workers)) != cfg.train.num_workers:
         log.warning(
-            "num_workers changed since the checkpoint: the data stream differs from an uninterrupted run"
+            "num_workers changed since the checkpoint: "
+            "the data stream differs from an uninterrupted run"
         )
 
 
@@ -675,7 +670,8 @@ def _log_progress(
     done = step - (resumed or 0)
     eta = elapsed / max(done, 1) * (n_total - step)
     log.info(
-        "step %d/%d (epoch %d) loss_d %.4f loss_g %.4f kl %.4f D(real) %.3f D(wrong) %.3f D(fake) %.3f "
+        "step %d/%d (epoch %d) loss_d %.4f loss_g %.4f kl %.4f "
+        "D(real) %.3f D(wrong) %.3f D(fake) %.3f "
         "lr %.2e | %.1f img/s, data wait %.0f%% | eta %s",
         step,
         n_total,
@@ -701,7 +697,8 @@ def _fmt_seconds(s: float) -> str:
 def eval_sampler(
     stage: Stage, G: nn.Module, cfg: RunConfig, standing_embeddings: torch.Tensor | None = None
 ) -> Sampler:
-    """Collective: an eval-mode copy of ``G`` (BatchNorm buffers averaged across ranks) as a Sampler.
+    """Collective: an eval-mode copy of ``G`` (BatchNorm buffers averaged across ranks)
+    as a Sampler.
 
     With ``standing_embeddings`` the copy's BatchNorm statistics are recomputed for its own
     weights (standing statistics; the same on every rank), as EMA weights need.

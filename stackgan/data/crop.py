@@ -36,7 +36,9 @@ HR_LOAD_SIZE = 304  # = int(256 * 76 / 64): Stage-II load size, random-cropped t
 def reference_crop_box(
     bbox: tuple[float, float, float, float], width: int, height: int
 ) -> tuple[int, int, int, int]:
-    """Crop box ``(left, top, right, bottom)`` for a CUB ``(x, y, w, h)`` box, clipped to the image."""
+    """Crop box ``(left, top, right, bottom)`` for a CUB ``(x, y, w, h)`` box, clipped to
+    the image.
+    """
     x, y, w, h = (int(v) for v in bbox)
     r = int(max(w, h) * 0.75)
     cx = int((2 * x + w) / 2)

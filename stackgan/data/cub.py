@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import math
+import pickle
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -149,7 +150,8 @@ class EmbeddingStore:
         problems: list[str] = []
         if len(src) != expected_rows:
             problems.append(
-                f"{name}: has {len(src)} embedding rows, expected {expected_rows} (one per entry of filenames.pickle)"
+                f"{name}: has {len(src)} embedding rows, expected {expected_rows} "
+                "(one per entry of filenames.pickle)"
             )
         shape = (num_captions, text_dim)
         if isinstance(src, np.ndarray | LazyArray) and tuple(src.shape[1:]) != shape:
@@ -214,7 +216,8 @@ def read_images_txt(cub_dir: Path) -> dict[str, tuple[int, str]]:
         key = rel.rsplit(".", 1)[0]
         if image_id in seen_ids:
             problems.append(
-                f"{path}:{lineno}: duplicate image id {image_id} (first on line {seen_ids[image_id]})"
+                f"{path}:{lineno}: duplicate image id {image_id} "
+                f"(first on line {seen_ids[image_id]})"
             )
         elif key in out:
             problems.append(f"{path}:{lineno}: duplicate image path {rel!r}")
@@ -315,7 +318,8 @@ def read_split(
     warnings: list[str] = []
     if len(class_ids) != len(keys):
         fatal.append(
-            f"{ci_path}: has {len(class_ids)} class ids, expected {len(keys)} (one per entry of {fn_path.name})"
+            f"{ci_path}: has {len(class_ids)} class ids, expected {len(keys)} "
+            f"(one per entry of {fn_path.name})"
         )
     fatal += embeddings.check(len(keys), text_dim, num_captions)
 
@@ -341,7 +345,8 @@ def read_split(
         prefix = class_dir.split(".", 1)[0]
         if prefix.isdigit() and int(prefix) != int(class_id):
             warnings.append(
-                f"{ci_path}[{i}]: class id {class_id} but key {key!r} is in class directory {class_dir}"
+                f"{ci_path}[{i}]: class id {class_id} but key {key!r} "
+                f"is in class directory {class_dir}"
             )
         image_id, rel = images.get(key, (None, f"{key}.jpg"))
         image_path = paths.cub_dir / "images" / rel
@@ -384,11 +389,13 @@ def read_split(
     n_caps = sum(s.captions is not None for s in samples)
     if captions_dir.is_dir() and n_caps < len(samples):
         warnings.append(
-            f"{captions_dir}: {len(samples) - n_caps} of {len(samples)} {split} images have no caption file"
+            f"{captions_dir}: {len(samples) - n_caps} of {len(samples)} {split} images "
+            "have no caption file"
         )
     if len(samples) != PAPER_COUNTS[split]:
         warnings.append(
-            f"{split}: {len(samples)} images; the paper's CUB split has {PAPER_COUNTS[split]} (fine for the synthetic twin)"
+            f"{split}: {len(samples)} images; the paper's CUB split has {PAPER_COUNTS[split]} "
+            "(fine for the synthetic twin)"
         )
     files = {
         "images.txt": paths.cub_dir / "images.txt",
@@ -461,8 +468,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """``stackgan validate-data``: check the raw data and print/write a summary."""
     parser = argparse.ArgumentParser(
         prog=prog,
-        description="Validate CUB-200-2011 + the StackGAN birds bundle (or the synthetic twin): every key has an "
-        "image and a bbox, counts agree, embeddings are (10, 1024) and finite, caption files hold 10 lines.",
+        description="Validate CUB-200-2011 + the StackGAN birds bundle (or the synthetic twin): "
+        "every key has an image and a bbox, counts agree, embeddings are (10, 1024) and finite, "
+        "caption files hold 10 lines.",
     )
     add_path_arguments(parser)
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
@@ -484,6 +492,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except DataValidationError as err:
         print(f"validate-data: {err}", file=sys.stderr)
         return 1
+    except (pickle.UnpicklingError, OSError) as err:  # refused/corrupt pickle, unreadable file
+        print(f"validate-data: {err}", file=sys.stderr)
+        return 2
     summary = {
         "cub_dir": str(paths.cub_dir),
         "bundle_dir": str(paths.bundle_dir),

@@ -23,7 +23,9 @@ images excluded): ``keys``, ``indices``, ``image_ids``, ``class_ids``, ``embeddi
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 FORMAT_VERSION = 1
 RESOLUTIONS = (64, 256)
@@ -57,15 +59,25 @@ def index_name(split: str) -> str:
     return f"{split}-index.h5"
 
 
+def read_manifest(set_dir: str | Path) -> dict[str, Any]:
+    """The manifest of a complete shard set.
+
+    Raises:
+        FileNotFoundError: no manifest (the set is missing or incomplete).
+        ValueError: the manifest is not a JSON object.
+    """
+    path = Path(set_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no manifest, so the shard set is missing or incomplete")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a JSON manifest ({err})") from err
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
+    return manifest
+
+
 def shard_urls(set_dir: str | Path) -> list[str]:
     """Shard paths of a complete set (read from its manifest, in order)."""
-    import json
-
-    set_dir = Path(set_dir)
-    manifest_path = set_dir / MANIFEST
-    if not manifest_path.is_file():
-        raise FileNotFoundError(
-            f"{manifest_path}: no manifest, so the shard set is missing or incomplete"
-        )
-    manifest = json.loads(manifest_path.read_text())
-    return [str(set_dir / s["name"]) for s in manifest["shards"]]
+    return [str(Path(set_dir) / s["name"]) for s in read_manifest(set_dir)["shards"]]

@@ -14,14 +14,13 @@ Resuming at step ``b`` re-creates the streams and skips raw (undecoded) samples,
 restarted run sees exactly the batches an uninterrupted run would.
 
 Batches hold uint8 images ``[B, 3, S, S]`` (normalise to [-1, 1] on the training
-device with :func:`to_float_images`), one text embedding per sample ``[B, 1024]``,
-class ids and sample indices.
+device with :func:`stackgan.data.imagesets.to_float_images`), one text embedding per
+sample ``[B, 1024]``, class ids and sample indices.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -87,17 +86,13 @@ def spec_from_set(
 ) -> StreamSpec:
     """Build a :class:`StreamSpec` from a complete shard set (reads its manifest)."""
     set_dir = Path(set_dir)
-    manifest_path = set_dir / fmt.MANIFEST
-    if not manifest_path.is_file():
-        raise FileNotFoundError(
-            f"{manifest_path}: missing, so {set_dir} is not a complete shard set"
-        )
-    manifest = json.loads(manifest_path.read_text())
+    manifest = fmt.read_manifest(set_dir)
     global_batch = batch_size * world_size
     steps = manifest["num_samples"] // global_batch
     if steps < 1:
         raise ValueError(
-            f"{set_dir}: {manifest['num_samples']} samples cannot fill one global batch of {global_batch} "
+            f"{set_dir}: {manifest['num_samples']} samples cannot fill one global batch of "
+            f"{global_batch} "
             f"(batch {batch_size} x world size {world_size})"
         )
     return StreamSpec(
@@ -191,7 +186,8 @@ def make_batch(
         img = _decode_image(sample[spec.image_member])
         if img.shape[:2] != (spec.load_size, spec.load_size):
             raise ValueError(
-                f"{sample.get('__url__')}: sample {sample['__key__']} is {img.shape[1]}x{img.shape[0]}, "
+                f"{sample.get('__url__')}: sample {sample['__key__']} is "
+                f"{img.shape[1]}x{img.shape[0]}, "
                 f"expected the load size {spec.load_size}"
             )
         x, y = (int(v) for v in rng.integers(0, span + 1, size=2))
@@ -224,7 +220,9 @@ def lane_batches(
 
 
 class _Stream(IterableDataset):
-    """Batches from global step ``start_step`` on; worker ``j`` serves steps ``start + j (mod W)``."""
+    """Batches from global step ``start_step`` on; worker ``j`` serves steps
+    ``start + j (mod W)``.
+    """
 
     def __init__(self, spec: StreamSpec, start_step: int) -> None:
         super().__init__()
@@ -268,8 +266,3 @@ def train_loader(spec: StreamSpec, start_step: int = 0) -> Iterator[dict]:
         multiprocessing_context="fork",
     )
     return iter(loader)
-
-
-def to_float_images(images: torch.Tensor) -> torch.Tensor:
-    """uint8 ``[B, 3, S, S]`` -> float in [-1, 1] (on the tensor's device)."""
-    return images.float().div_(127.5).sub_(1.0)

@@ -108,7 +108,10 @@ class LazyArray:
         return arr.astype(dtype) if dtype is not None else arr.copy()
 
     def __repr__(self) -> str:
-        return f"LazyArray(shape={self.shape}, dtype={self.dtype}, file={self.path!r}, offset={self.offset})"
+        return (
+            f"LazyArray(shape={self.shape}, dtype={self.dtype}, file={self.path!r}, "
+            f"offset={self.offset})"
+        )
 
 
 class _ArrayStub:
@@ -137,7 +140,8 @@ class _ArrayStub:
             expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
             if data.length != expected:
                 raise pickle.UnpicklingError(
-                    f"{self.path}: array data has {data.length} bytes, expected {expected} for shape {shape} {dtype}"
+                    f"{self.path}: array data has {data.length} bytes, "
+                    f"expected {expected} for shape {shape} {dtype}"
                 )
             self.value = LazyArray(data.path, data.offset, shape, dtype)
             return
@@ -201,8 +205,8 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         if key in _ALLOWED:
             return _ALLOWED[key]
         raise UnsafePickleError(
-            f"{self._path}: refusing to load global '{module}.{name}': only numpy arrays/dtypes and "
-            "plain builtin containers are allowed in StackGAN bundle pickles (the file may be "
+            f"{self._path}: refusing to load global '{module}.{name}': only numpy arrays/dtypes "
+            "and plain builtin containers are allowed in StackGAN bundle pickles (the file may be "
             "corrupt or malicious)"
         )
 
@@ -279,8 +283,10 @@ def load_pickle(path: str | os.PathLike[str], *, lazy_min_bytes: int | None = No
     with open(path, "rb") as fh:
         try:
             obj = _RestrictedUnpickler(fh, path, lazy_min_bytes).load()
-        except UnsafePickleError:
-            raise
+        except UnsafePickleError as err:
+            if path in str(err):
+                raise
+            raise UnsafePickleError(f"{path}: {err}") from err
         except (
             EOFError,
             struct.error,

@@ -92,7 +92,10 @@ class ShardOptions:
         params = asdict(self)
         params.pop("workers")  # does not change the output
         params.update(
-            crop="R = int(0.75*max(w,h)) around (int((2x+w)/2), int((2y+h)/2)), clipped; boxes read as int",
+            crop=(
+                "R = int(0.75*max(w,h)) around (int((2x+w)/2), int((2y+h)/2)), clipped; "
+                "boxes read as int"
+            ),
             lr_load_size=LR_LOAD_SIZE,
             hr_load_size=HR_LOAD_SIZE,
             lr_format="png",
@@ -101,7 +104,9 @@ class ShardOptions:
 
 
 def samples_per_shard(count: int, opts: ShardOptions) -> int:
-    """Shard size giving at least ``min_shards`` shards and at most ``max_per_shard`` samples each."""
+    """Shard size giving at least ``min_shards`` shards and at most ``max_per_shard``
+    samples each.
+    """
     return max(1, min(opts.max_per_shard, math.ceil(count / opts.min_shards)))
 
 
@@ -432,7 +437,8 @@ def build_split(
                 if opts.on_bad_image == "error":
                     raise DataValidationError(
                         [
-                            f"{result.error} (key {sample.key!r}, index {sample.index}); set on_bad_image: skip to skip it"
+                            f"{result.error} (key {sample.key!r}, index {sample.index}); "
+                            "set on_bad_image: skip to skip it"
                         ]
                     )
                 log.warning("skipping %s: %s", sample.key, result.error)
@@ -543,8 +549,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """``stackgan build-shards``: raw CUB (or twin) -> WebDataset shards + HDF5 index."""
     p = argparse.ArgumentParser(
         prog=prog,
-        description="Bbox-crop, resize to the reference load sizes (76 and 304) and write per-split WebDataset "
-        "shard sets (<split>-64/, <split>-256/) with embeddings, an HDF5 index and manifests.",
+        description="Bbox-crop, resize to the reference load sizes (76 and 304) and write "
+        "per-split WebDataset shard sets (<split>-64/, <split>-256/) with embeddings, an HDF5 "
+        "index and manifests.",
     )
     add_path_arguments(p)
     p.add_argument(

@@ -488,8 +488,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """``stackgan make-twin``: write a synthetic CUB twin."""
     p = argparse.ArgumentParser(
         prog=prog,
-        description="Write a synthetic CUB-200-2011 + birds-bundle twin (same layout and byte formats) "
-        "whose captions state body colour, wing colour and size of the drawn bird.",
+        description="Write a synthetic CUB-200-2011 + birds-bundle twin (same layout and "
+        "byte formats) whose captions state body colour, wing colour and size of the drawn bird.",
     )
     p.add_argument(
         "--out",

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stackgan.data.imagesets import iter_set_uint8, to_float_images
 from stackgan.data.twin import COLOUR_NAMES, parse_caption_attributes
 
 log = logging.getLogger(__name__)
@@ -89,10 +90,7 @@ def load_real_set(set_dir: str | Path, index_path: str | Path) -> tuple[torch.Te
     (body, wing) labels from caption 0."""
     import h5py
 
-    from stackgan.evaluation import iter_real_images
-
-    images = torch.cat(list(iter_real_images(set_dir, size=76)))  # [-1, 1] floats
-    images = images.add(1).mul(127.5).round().to(torch.uint8)  # [N, 3, 76, 76]
+    images = torch.cat(list(iter_set_uint8(set_dir, size=76)))  # [N, 3, 76, 76] uint8
     with h5py.File(index_path, "r") as h5:
         captions = [c.decode() if isinstance(c, bytes) else c for c in h5["captions"][:, 0]]
     labels = attribute_labels(captions)
@@ -134,7 +132,7 @@ def _augment(batch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         y, x = offsets[i].tolist()
         crop = img[:, y : y + 64, x : x + 64]
         out[i] = (crop.flip(-1) if flips[i] else crop).float()
-    out = out.div_(127.5).sub_(1.0)
+    out = to_float_images(out)
     sigma = torch.rand(batch.shape[0], generator=gen) * 3.0
     sigma[torch.rand(batch.shape[0], generator=gen) < 0.5] = 0.0
     blurred = _blur(out, sigma)
@@ -143,7 +141,7 @@ def _augment(batch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 def centre(images: torch.Tensor) -> torch.Tensor:
     """Centre 64 px crop of uint8 76 px images, as [-1, 1] floats."""
-    return images[:, :, 6:70, 6:70].float().div(127.5).sub(1.0)
+    return to_float_images(images[:, :, 6:70, 6:70])
 
 
 def train_classifier(
@@ -165,7 +163,8 @@ def train_classifier(
     steps = max(1, epochs * n // batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     t0 = time.perf_counter()
-    for _ in range(steps):
+    report_every = max(1, steps // 10)
+    for step in range(1, steps + 1):
         idx = torch.randint(0, n, (min(batch_size, n),), generator=gen)
         body, wing = model(_augment(images[idx], gen))
         y = y_all[idx]
@@ -174,6 +173,16 @@ def train_classifier(
         loss.backward()
         opt.step()
         sched.step()
+        if step % report_every == 0 and step < steps:
+            elapsed = time.perf_counter() - t0
+            log.info(
+                "attribute classifier: step %d/%d, loss %.3f, %.0f s, eta %.0f s",
+                step,
+                steps,
+                loss.item(),
+                elapsed,
+                elapsed * (steps - step) / step,
+            )
     log.info(
         "attribute classifier: %d steps on %d images, %.0f s", steps, n, time.perf_counter() - t0
     )
@@ -200,7 +209,8 @@ def load_classifier(path: str | Path) -> AttributeClassifier:
     payload = load(path, expected_format=CLASSIFIER_FORMAT)
     if list(payload["colours"]) != list(COLOUR_NAMES):
         raise ValueError(
-            f"{path}: colour list {payload['colours']} differs from this version's {list(COLOUR_NAMES)}"
+            f"{path}: colour list {payload['colours']} differs from this version's "
+            f"{list(COLOUR_NAMES)}"
         )
     model = AttributeClassifier()
     model.load_state_dict(payload["state"])
@@ -272,9 +282,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
     p = argparse.ArgumentParser(
         prog=prog,
-        description="Train the synthetic twin's colour classifier on real images of both splits (every "
-        "--holdout-th image held out) and report its accuracy on the held-out real images: own, shuffled "
-        "and random pairs.",
+        description="Train the synthetic twin's colour classifier on real images of both splits "
+        "(every --holdout-th image held out) and report its accuracy on the held-out real "
+        "images: own, shuffled and random pairs.",
     )
     p.add_argument(
         "--train-shards", type=Path, required=True, help="train-64 shard set of the twin"
@@ -321,7 +331,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         write_json(args.report, report)
     real, shuf = scores["real"], scores["shuffled"]
     log.info(
-        "held-out real images: body %.3f wing %.3f joint %.3f | shuffled body %.3f (chance %.3f) wing %.3f (chance %.3f)",
+        "held-out real images: body %.3f wing %.3f joint %.3f | "
+        "shuffled body %.3f (chance %.3f) wing %.3f (chance %.3f)",
         real["body_accuracy"], real["wing_accuracy"], real["joint_accuracy"],
         shuf["body_accuracy"], shuf["body_chance"], shuf["wing_accuracy"], shuf["wing_chance"],
     )  # fmt: skip

@@ -231,7 +231,9 @@ class ResBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """TF-code bottleneck: conv1x1->mid, BN, act; conv3x3->mid, BN, act; conv3x3->C, BN; add; act."""
+    """TF-code bottleneck: conv1x1->mid, BN, act; conv3x3->mid, BN, act;
+    conv3x3->C, BN; add; act.
+    """
 
     def __init__(self, channels: int, mid: int, act: Act) -> None:
         super().__init__()

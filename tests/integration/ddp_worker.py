@@ -1,7 +1,7 @@
 """Runs under torchrun (gloo, CPU) for tests/integration/test_distributed.py.
 
-    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/integration/ddp_worker.py \\
-        <mode> <shard_dir> <out_dir>
+    python -m torch.distributed.run --standalone --nproc-per-node 2 \\
+        tests/integration/ddp_worker.py <mode> <shard_dir> <out_dir>
 
 consistency: train a few steps through the real loop, then dump every rank's G/D
              parameters and buffers to <out_dir>/rank<r>.pt.
@@ -20,7 +20,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from stackgan import distributed as dist_utils
 from stackgan.config import RunConfig, from_dict
-from stackgan.data.loader import spec_from_set, to_float_images, train_loader
+from stackgan.data.imagesets import to_float_images
+from stackgan.data.loader import spec_from_set, train_loader
 from stackgan.losses import d_loss
 from stackgan.networks import d_condition
 from stackgan.stages import build_stage

@@ -197,7 +197,8 @@ def test_bf16_autocast_agrees_with_fp32(tiny_shards):
     BatchNorm) are pure rounding noise in both precisions and are excluded.
     """
     from stackgan.config import RunConfig, from_dict
-    from stackgan.data.loader import spec_from_set, to_float_images, train_loader
+    from stackgan.data.imagesets import to_float_images
+    from stackgan.data.loader import spec_from_set, train_loader
     from stackgan.losses import d_loss, g_loss, kl_loss
     from stackgan.networks import d_condition
     from stackgan.stages import build_stage

@@ -17,9 +17,11 @@ CAPTIONS = 3  # per test image -> 10 test images x 3 = 30 requests
 
 def _eval_args(network, shards, out, *extra):
     return [
-        "-m", "stackgan.evaluate", "--network", str(network), "--index", str(shards / "test-index.h5"),
-        "--out", str(out), "--captions-per-image", str(CAPTIONS), "--batch-size", "4", "--is-splits", "2",
-        "--kid-subsets", "4", "--kid-subset-size", "8", "--grid-captions", "2", "--grid-samples", "2", *extra,
+        "-m", "stackgan.evaluate", "--network", str(network),
+        "--index", str(shards / "test-index.h5"), "--out", str(out),
+        "--captions-per-image", str(CAPTIONS), "--batch-size", "4", "--is-splits", "2",
+        "--kid-subsets", "4", "--kid-subset-size", "8",
+        "--grid-captions", "2", "--grid-samples", "2", *extra,
     ]  # fmt: skip
 
 
@@ -183,9 +185,10 @@ def colour_twin(tmp_path_factory):
 def test_conditional_accuracy_real_shuffled_random(colour_twin, tmp_path):
     shards = colour_twin
     args = [
-        "-m", "stackgan.metrics.conditional", "--train-shards", str(shards / "train-64"), "--train-index",
-        str(shards / "train-index.h5"), "--test-shards", str(shards / "test-64"), "--test-index",
-        str(shards / "test-index.h5"), "--out", str(tmp_path / "attr.pt"), "--report", str(tmp_path / "attr.json"),
+        "-m", "stackgan.metrics.conditional",
+        "--train-shards", str(shards / "train-64"), "--train-index", str(shards / "train-index.h5"),
+        "--test-shards", str(shards / "test-64"), "--test-index", str(shards / "test-index.h5"),
+        "--out", str(tmp_path / "attr.pt"), "--report", str(tmp_path / "attr.json"),
     ]  # fmt: skip
     run(python_cmd(*args), timeout=300)
     scores = json.loads((tmp_path / "attr.json").read_text())["scores"]

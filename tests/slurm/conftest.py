@@ -74,7 +74,9 @@ def slurm_cluster() -> None:
             unavailable(proc)
         if proc.returncode != 0:
             unavailable(
-                f"{name} exited {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+                f"{name} exited {proc.returncode}\n"
+                f"stdout:\n{proc.stdout[-3000:]}\n"
+                f"stderr:\n{proc.stderr[-3000:]}"
             )
     missing = [c for c in CLIENTS if shutil.which(c) is None]
     if missing:

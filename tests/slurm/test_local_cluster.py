@@ -34,7 +34,8 @@ def sh(*args: str, timeout: float = CMD_TIMEOUT_S, check: bool = True) -> str:
     proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
     if check and proc.returncode != 0:
         raise AssertionError(
-            f"{' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+            f"{' '.join(args)} exited {proc.returncode}\n"
+            f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
         )
     return proc.stdout
 

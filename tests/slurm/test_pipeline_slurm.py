@@ -111,7 +111,9 @@ def sh(*args: str, timeout: float = CMD_TIMEOUT_S, check: bool = True) -> str:
 
 
 class PipelineRun:
-    """``snakemake --profile cluster/slurm`` in the background, output in ``<workdir>/snakemake.log``."""
+    """``snakemake --profile cluster/slurm`` in the background, output in
+    ``<workdir>/snakemake.log``.
+    """
 
     def __init__(self, workdir: Path, *args: str, timeout: int) -> None:
         self.workdir = workdir

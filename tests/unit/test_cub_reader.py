@@ -146,3 +146,24 @@ def test_error_lists_every_problem(twin_copy):
     assert "[0]: shape (10, 10)" in str(info.value) and "[5]: contains NaN or infinite" in str(
         info.value
     )
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("true",))
+
+
+def test_validate_data_refuses_an_unsafe_pickle_with_one_line_naming_the_file(twin_copy, capsys):
+    """The CLI turns a refused pickle into one line and exit code 2, not a traceback."""
+    import pickle
+
+    from stackgan.data.cub import main
+
+    target = twin_copy / "train" / "filenames.pickle"
+    target.write_bytes(pickle.dumps(_Evil(), protocol=2))
+    assert main(["--root", str(twin_copy)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert str(target) in err and "refusing to load global" in err

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from stackgan.data.loader import _choose_embedding, spec_from_set, to_float_images, train_loader
+from stackgan.data.imagesets import to_float_images
+from stackgan.data.loader import _choose_embedding, spec_from_set, train_loader
 
 
 def _take(spec, start, n):

@@ -1,4 +1,6 @@
-"""Pipeline configuration: presets, schema, semantic checks, schema <-> dataclass agreement, launcher."""
+"""Pipeline configuration: presets, schema, semantic checks, schema <-> dataclass agreement,
+launcher.
+"""
 
 from __future__ import annotations
 

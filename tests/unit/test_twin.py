@@ -1,4 +1,6 @@
-"""The synthetic twin: real byte formats, deterministic output, captions that state the attributes."""
+"""The synthetic twin: real byte formats, deterministic output, captions that state the
+attributes.
+"""
 
 from __future__ import annotations
 

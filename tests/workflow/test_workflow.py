@@ -289,8 +289,8 @@ def test_paper_multi_node_dry_run(tmp_path: Path) -> None:
     assert "gpu" not in got, got  # --gpus would be a job total, not per node
     assert "--signal=USR1@180" in got["slurm_extra"], got
     assert job["shell"].startswith(
-        "python -m pipeline.launch --nodes 2 --ranks-per-node 4 --gpus-per-node 4 --cpus-per-task 32 "
-        "-- -m stackgan.train "
+        "python -m pipeline.launch --nodes 2 --ranks-per-node 4 --gpus-per-node 4 "
+        "--cpus-per-task 32 -- -m stackgan.train "
     ), job["shell"]
     # Stage-II keeps the preset's single-node setting.
     got2 = the_job(jobs, "train_stage2")["resources"]
@@ -332,7 +332,8 @@ BAD_CONFIGS = {
             "preset=smoke",
             "resources={train_stage1: {gpus: 8, ranks_per_node: 8}}",
         ],
-        r"resources\.train_stage1\.gpus: 8 GPUs per node requested, but resources\.gpus_per_node .* is 4",
+        r"resources\.train_stage1\.gpus: 8 GPUs per node requested, "
+        r"but resources\.gpus_per_node .* is 4",
     ),
     "unknown-preset": (
         lambda tmp: ["--config", "preset=tiny"],
