@@ -21,9 +21,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from stackgan.config import ConfigError, GStepFakes, LossConfig, ModelConfig, to_dict
-from stackgan.losses import d_loss, g_loss, kl_loss, mismatched_condition
+from stackgan.losses import mismatched_condition
 from stackgan.networks import build_networks, count_params, d_condition
 from stackgan.networks.blocks import set_fused_upsampling
+from stackgan.training.step import StepContext, d_update, g_loss_terms
 
 NETWORKS: dict[str, str] = {
     "stage1_g": "Stage-I G",
@@ -108,6 +109,7 @@ def training_step_flops(
     if batch < 2:
         raise ValueError(f"batch must be >= 2 (the mismatched pairs use B-1 rows), got {batch}")
     loss_cfg = loss_cfg or LossConfig()
+    ctx = StepContext(model=model_cfg, loss=loss_cfg)  # the references' separate D passes
     size = 64 if stage == 1 else 256
     with torch.device(device):
         G, D = build_networks(model_cfg, stage)
@@ -135,24 +137,12 @@ def training_step_flops(
                 fake, mu, _ = generate()
         cond = d_condition(model_cfg, emb, mu)
         wrong = mismatched_condition(cond, None, "shift")
-        out_real = D(real, cond, wrong)
-        out_fake = D(fake.detach(), cond)
-        loss, _ = d_loss(
-            out_real.logits,
-            out_real.wrong_logits,  # type: ignore[arg-type]
-            out_fake.logits,
-            out_real.uncond_logits,
-            out_fake.uncond_logits,
-            uncond_weight=loss_cfg.uncond_weight,
-        )
-        loss.backward()
+        d_update(D, ctx, real, fake.detach(), cond, wrong, lambda loss: loss.backward())
 
     def g_step() -> None:
         fake, mu, logvar = fakes[0] if g_step_fakes == "reuse" else generate()
         D.requires_grad_(False)
-        out = D(fake, d_condition(model_cfg, emb, mu))
-        loss = g_loss(out.logits, out.uncond_logits, uncond_weight=loss_cfg.uncond_weight)
-        (loss + loss_cfg.kl_weight * kl_loss(mu.float(), logvar.float())).backward()
+        g_loss_terms(D, ctx, real, fake, emb, mu, logvar, None, None)[0].backward()
         D.requires_grad_(True)
 
     g_forward = 0

@@ -45,16 +45,13 @@ from stackgan.config import ConfigError, RunConfig, to_dict
 from stackgan.data.imagesets import to_float_images
 from stackgan.grids import make_grid, save_png
 from stackgan.losses import (
-    d_loss,
-    g_loss,
-    kl_loss,
     mismatched_condition,
-    stage_consistency_loss,
 )
 from stackgan.networks import d_condition
 from stackgan.runtime import resolve_amp
 from stackgan.sampling import Sampler
 from stackgan.stages import Stage
+from stackgan.training.step import StepContext, d_update, g_loss_terms
 
 if TYPE_CHECKING:
     from stackgan.monitor import TrainingMonitor
@@ -168,11 +165,6 @@ def _own_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in module.named_buffers()}
 
 
-def _zeros(t: torch.Tensor | None) -> torch.Tensor | None:
-    """A gradient-free stand-in for another pass's logits (its loss terms are constants)."""
-    return None if t is None else torch.zeros_like(t, requires_grad=False).detach()
-
-
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, beta: float) -> None:
     """``ema = beta * ema + (1 - beta) * model`` for parameters; buffers copied."""
@@ -276,7 +268,16 @@ def training_loop(
     def d_frozen() -> contextlib.AbstractContextManager:
         return d_ddp.no_sync() if d_ddp is not None else contextlib.nullcontext()
 
-    d_accumulate = d_frozen  # no gradient all-reduce for the first of two D backward passes
+    step_ctx = StepContext(
+        model=cfg.model,
+        loss=cfg.loss,
+        joint=t.d_batch == "joint",
+        autocast=autocast,
+        d_no_sync=d_frozen,
+    )
+
+    def d_backward(loss: torch.Tensor) -> None:
+        scaler_d.scale(loss).backward()
 
     def save_state(at_step: int) -> None:
         nets = {"G": G, "D": D, "G_ema": G_ema, "G1": stage.frozen_g1}
@@ -308,7 +309,6 @@ def training_loop(
     t_ckpt = time.monotonic()
     last_grid = last_eval = -1
     reuse = t.g_step_fakes == "reuse"
-    joint_d = t.d_batch == "joint"
     while step < n_total:
         epoch = step // steps_per_epoch
         lr_g, lr_d = learning_rates(cfg, epoch)
@@ -337,72 +337,13 @@ def training_loop(
         with autocast(), torch.set_grad_enabled(reuse):
             fake, mu, logvar, low = stage.generate_with_input(g_run, emb, z)
         opt_d.zero_grad(set_to_none=True)
-        uw = cfg.loss.uncond_weight
         with autocast():
             cond = d_condition(cfg.model, emb, mu)
             wrong = mismatched_condition(cond, class_ids, cfg.loss.mismatch, mismatch_gen)
-        if joint_d:
-            # One pass over [real; fake] and one head call over the matching and mismatched
-            # pairs: D's BatchNorm statistics are shared, so D has to match image and text
-            # per sample instead of telling batches apart by their statistics.
-            with autocast():
-                out = d_run(
-                    torch.cat([real, fake.detach()]),
-                    torch.cat([cond, cond]),
-                    wrong,
-                    shared_head=True,
-                )
-                n = real.shape[0]
-                unc = out.uncond_logits
-                loss_d, parts = d_loss(
-                    out.logits[:n],
-                    out.wrong_logits,
-                    out.logits[n:],
-                    None if unc is None else unc[:n],
-                    None if unc is None else unc[n:],
-                    uncond_weight=uw,
-                )
-            scaler_d.scale(loss_d).backward()
-        else:
-            # The D loss is a sum of per-pass terms, so the real pass (real and mismatched
-            # pairs) is back-propagated before the fake pass runs: one D graph alive at a
-            # time. Placeholders (zeros, no gradient) stand in for the other pass's logits.
-            with d_accumulate(), autocast():
-                out_real = d_run(real, cond, wrong)
-                part_real, _ = d_loss(
-                    out_real.logits,
-                    out_real.wrong_logits,
-                    _zeros(out_real.logits),
-                    out_real.uncond_logits,
-                    _zeros(out_real.uncond_logits),
-                    uncond_weight=uw,
-                )
-            with d_accumulate():
-                scaler_d.scale(part_real).backward()
-            with autocast():
-                out_fake = d_run(fake.detach(), cond)
-                part_fake, _ = d_loss(
-                    _zeros(out_real.logits),
-                    _zeros(out_real.wrong_logits),
-                    out_fake.logits,
-                    _zeros(out_real.uncond_logits),
-                    out_fake.uncond_logits,
-                    uncond_weight=uw,
-                )
-            scaler_d.scale(part_fake).backward()
-            with torch.no_grad():  # the full loss and its parts, for logging and the NaN guard
-                loss_d, parts = d_loss(
-                    out_real.logits,
-                    out_real.wrong_logits,
-                    out_fake.logits,
-                    out_real.uncond_logits,
-                    out_fake.uncond_logits,
-                    uncond_weight=uw,
-                )
+        loss_d, parts = d_update(d_run, step_ctx, real, fake.detach(), cond, wrong, d_backward)
         scaler_d.step(opt_d)
         scaler_d.update()
         opt_d.zero_grad(set_to_none=True)  # free D's gradients before the G step (lower peak)
-        loss_d = loss_d.detach()
 
         # Gmain.
         D.requires_grad_(False)
@@ -410,27 +351,7 @@ def training_loop(
             z = torch.randn(real.shape[0], cfg.model.z_dim, device=device, generator=noise)
             with autocast():
                 fake, mu, logvar, low = stage.generate_with_input(g_run, emb, z)
-        with autocast(), d_frozen():
-            cond_g = d_condition(cfg.model, emb, mu)
-            if joint_d:  # the same joint batch as the D step; only the fake rows' logits count
-                out = d_run(
-                    torch.cat([real, fake]),
-                    torch.cat([cond_g, cond_g]),
-                    wrong.detach(),
-                    shared_head=True,
-                )
-                n = real.shape[0]
-                logits_g = out.logits[n:]
-                unc_g = None if out.uncond_logits is None else out.uncond_logits[n:]
-            else:
-                out = d_run(fake, cond_g)
-                logits_g, unc_g = out.logits, out.uncond_logits
-            loss_g_adv = g_loss(logits_g, unc_g, uncond_weight=cfg.loss.uncond_weight)
-            kl = kl_loss(mu.float(), logvar.float())
-            loss_g = loss_g_adv + cfg.loss.kl_weight * kl
-            if low is not None and cfg.loss.stage_consistency > 0:
-                consistency = stage_consistency_loss(fake, low)
-                loss_g = loss_g + cfg.loss.stage_consistency * consistency
+        loss_g, g_parts = g_loss_terms(d_run, step_ctx, real, fake, emb, mu, logvar, low, wrong)
         opt_g.zero_grad(set_to_none=True)
         scaler_g.scale(loss_g).backward()
         scaler_g.step(opt_g)
@@ -448,14 +369,9 @@ def training_loop(
                 f"loss_d={losses[0].item()}, loss_g={losses[1].item()}; "
                 "try a lower learning rate or amp: fp32"
             )
-        step_stats = {
-            "loss_d": loss_d,
-            "loss_g": loss_g,
-            "loss_g_adv": loss_g_adv,
-            "kl": kl,
-            **parts,
-        }
-        if low is not None and cfg.loss.stage_consistency > 0:
+        consistency = g_parts.pop("stage_consistency", None)
+        step_stats = {"loss_d": loss_d, "loss_g": loss_g, **g_parts, **parts}
+        if consistency is not None:
             step_stats["stage_consistency"] = consistency
         for k, v in step_stats.items():
             sums[k] = sums.get(k, 0) + v.detach().float()

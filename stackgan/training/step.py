@@ -1,0 +1,169 @@
+"""The D update and the G update of one StackGAN training step, as functions.
+
+The training loop (:mod:`stackgan.training_loop`) calls them with its DDP-wrapped D,
+autocast and gradient scaler; the FLOP counter (:mod:`stackgan.summary`) calls the same
+code on meta tensors. Optimiser steps, EMA and logging stay with the caller.
+
+* :func:`d_update`: D on (real, text), (real, mismatched text) and (fake, text);
+  matching-aware loss, back-propagated through the caller's ``backward``. With
+  ``joint`` one pass over [real; fake] and one head call over all pairs (shared
+  BatchNorm statistics); otherwise the references' separate passes, back-propagated one
+  at a time so that only one D graph is alive.
+* :func:`g_loss_terms`: D frozen by the caller; non-saturating loss + ``kl_weight`` x KL
+  (+ ``stage_consistency`` x the Stage-II L1 tie to the Stage-I image).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from stackgan.config import LossConfig, ModelConfig
+from stackgan.losses import d_loss, g_loss, kl_loss, stage_consistency_loss
+from stackgan.networks import d_condition
+
+ContextFactory = Callable[[], contextlib.AbstractContextManager]
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What both updates need besides the batch.
+
+    Args:
+        model: decides what D is conditioned on (text embedding or G's mu).
+        loss: loss weights.
+        joint: ``train.d_batch == "joint"``.
+        autocast: mixed-precision context for forward passes (no-op by default).
+        d_no_sync: DDP ``no_sync`` of D (no-op by default): the first of the two
+            separate D backward passes and the G step's D forward do not all-reduce.
+    """
+
+    model: ModelConfig
+    loss: LossConfig
+    joint: bool = False
+    autocast: ContextFactory = field(default=contextlib.nullcontext)
+    d_no_sync: ContextFactory = field(default=contextlib.nullcontext)
+
+
+def _zeros(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A gradient-free stand-in for another pass's logits (its loss terms are constants)."""
+    return None if t is None else torch.zeros_like(t, requires_grad=False).detach()
+
+
+def d_update(
+    D: nn.Module,
+    ctx: StepContext,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    cond: torch.Tensor,
+    wrong: torch.Tensor,
+    backward: Callable[[torch.Tensor], None],
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Forward D, back-propagate the D loss with ``backward``; (detached loss, parts).
+
+    ``fake`` must already be detached; ``cond`` [B, .] matches ``real`` and ``fake`` row by
+    row, ``wrong`` [B', .] are the mismatched conditions for the first B' real images.
+    """
+    uw = ctx.loss.uncond_weight
+    if ctx.joint:
+        # One pass over [real; fake] and one head call over the matching and mismatched
+        # pairs: D's BatchNorm statistics are shared, so D has to match image and text
+        # per sample instead of telling batches apart by their statistics.
+        with ctx.autocast():
+            out = D(torch.cat([real, fake]), torch.cat([cond, cond]), wrong, shared_head=True)
+            n = real.shape[0]
+            unc = out.uncond_logits
+            loss, parts = d_loss(
+                out.logits[:n],
+                out.wrong_logits,
+                out.logits[n:],
+                None if unc is None else unc[:n],
+                None if unc is None else unc[n:],
+                uncond_weight=uw,
+            )
+        backward(loss)
+        return loss.detach(), parts
+    # The D loss is a sum of per-pass terms, so the real pass (real and mismatched pairs)
+    # is back-propagated before the fake pass runs: one D graph alive at a time.
+    # Placeholders (zeros, no gradient) stand in for the other pass's logits.
+    with ctx.d_no_sync(), ctx.autocast():
+        out_real = D(real, cond, wrong)
+        part_real, _ = d_loss(
+            out_real.logits,
+            out_real.wrong_logits,
+            _zeros(out_real.logits),
+            out_real.uncond_logits,
+            _zeros(out_real.uncond_logits),
+            uncond_weight=uw,
+        )
+    with ctx.d_no_sync():
+        backward(part_real)
+    with ctx.autocast():
+        out_fake = D(fake, cond)
+        part_fake, _ = d_loss(
+            _zeros(out_real.logits),
+            _zeros(out_real.wrong_logits),
+            out_fake.logits,
+            _zeros(out_real.uncond_logits),
+            out_fake.uncond_logits,
+            uncond_weight=uw,
+        )
+    backward(part_fake)
+    with torch.no_grad():  # the full loss and its parts, for logging and the NaN guard
+        loss, parts = d_loss(
+            out_real.logits,
+            out_real.wrong_logits,
+            out_fake.logits,
+            out_real.uncond_logits,
+            out_fake.uncond_logits,
+            uncond_weight=uw,
+        )
+    return loss.detach(), parts
+
+
+def g_loss_terms(
+    D: nn.Module,
+    ctx: StepContext,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    emb: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    low: torch.Tensor | None,
+    wrong: torch.Tensor | None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The G loss (to back-propagate) and its parts, with D's parameters frozen by the caller.
+
+    ``low`` is the Stage-I image a Stage-II fake was made from (None for Stage-I);
+    ``wrong`` the D step's mismatched conditions (needed only with ``joint``).
+    """
+    with ctx.autocast(), ctx.d_no_sync():
+        cond_g = d_condition(ctx.model, emb, mu)
+        if ctx.joint:  # the same joint batch as the D step; only the fake rows' logits count
+            if wrong is None:
+                raise ValueError("a joint D batch needs the D step's mismatched conditions")
+            out = D(
+                torch.cat([real, fake]),
+                torch.cat([cond_g, cond_g]),
+                wrong.detach(),
+                shared_head=True,
+            )
+            n = real.shape[0]
+            logits = out.logits[n:]
+            unc = None if out.uncond_logits is None else out.uncond_logits[n:]
+        else:
+            out = D(fake, cond_g)
+            logits, unc = out.logits, out.uncond_logits
+        adv = g_loss(logits, unc, uncond_weight=ctx.loss.uncond_weight)
+        kl = kl_loss(mu.float(), logvar.float())
+        loss = adv + ctx.loss.kl_weight * kl
+        parts = {"loss_g_adv": adv, "kl": kl}
+        if low is not None and ctx.loss.stage_consistency > 0:
+            consistency = stage_consistency_loss(fake, low)
+            loss = loss + ctx.loss.stage_consistency * consistency
+            parts["stage_consistency"] = consistency
+    return loss, parts
