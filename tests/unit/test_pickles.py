@@ -17,6 +17,8 @@ def test_py2_pickle_needs_latin1_and_matches_plain_latin1_load(tmp_path):
     ]
     path = tmp_path / "emb.pickle"
     dump_py2_pickle(embs, path)
+    # Plain pickle.load on purpose: the file was just written by this test (trusted); it checks
+    # the reference's own way of reading the bundle.
     # The real bundle's property: Python 3's default ASCII decoding fails on the binary str payload.
     with pytest.raises(UnicodeDecodeError), open(path, "rb") as fh:
         pickle.load(fh)

@@ -51,7 +51,8 @@ def test_layout_and_formats_match_the_real_data(tiny_twin):
     # float boxes "x y w h"
     first = (cub / "bounding_boxes.txt").read_text().splitlines()[0].split()
     assert len(first) == 5 and all("." in v for v in first[1:])
-    # Python-2 pickles that need latin1
+    # Python-2 pickles that need latin1. Plain pickle.load on purpose: these files were just
+    # written by the project (trusted), and the reference code reads them exactly this way.
     with open(tiny_twin / "train" / "char-CNN-RNN-embeddings.pickle", "rb") as fh:
         emb = pickle.load(fh, encoding="latin1")
     assert isinstance(emb, list) and emb[0].shape == (10, 1024) and emb[0].dtype == np.float32
