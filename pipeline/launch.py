@@ -1,7 +1,7 @@
 """Turn a training rule's resources into the right launcher, then exec it.
 
     python -m pipeline.launch --nodes N --ranks-per-node R --gpus-per-node G --cpus-per-task C \\
-        -- -m stackgan.train --config ... --data ...
+        -- -m stackgan.cli.train --config ... --data ...
 
 * ``nodes > 1`` (a SLURM ``mpi`` rule): ``srun`` starts one ``torchrun`` per node; they meet
   through c10d rendezvous on the head node (this host) at ``29500 + job id % 1000``.

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from stackgan.errors import StackGANError
 from stackgan.fileio import atomic_path
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ NETWORK_FORMAT = "stackgan-network/1"
 _STATE_RE = re.compile(r"^training-state-(\d{8})\.pt$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(StackGANError, RuntimeError):
     """A checkpoint or network file is missing, corrupt or of the wrong kind."""
 
 

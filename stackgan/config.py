@@ -14,6 +14,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
+from stackgan.errors import StackGANError
+
 Arch = Literal["paper", "pytorch"]
 CaNonlinearity = Literal["relu", "leaky_relu"]
 MismatchMode = Literal["shift", "class_aware", "hard"]
@@ -27,7 +29,7 @@ DBatch = Literal["separate", "joint"]
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(StackGANError, ValueError):
     """A configuration value is missing, unknown or out of range (the message names the key)."""
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from stackgan.config import flatten
+from stackgan.errors import StackGANError
 from stackgan.fileio import atomic_open
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ _RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 _IMAGE_KEY_RE = re.compile(r"^[a-zA-Z0-9_\-./ ]+$")
 
 
-class TrackingError(RuntimeError):
+class TrackingError(StackGANError, RuntimeError):
     """A tracking operation cannot go ahead (bad run-id file, deleted experiment, ...)."""
 
 

@@ -3,7 +3,7 @@
     stackgan train --config run.yaml --data shards/train-64 --workdir work/stage1 \\
         --out results/stage1/network-final.pt
 
-    torchrun --standalone --nproc-per-node 4 -m stackgan.train ...      # 1 node, 4 GPUs
+    torchrun --standalone --nproc-per-node 4 -m stackgan.cli.train ...      # 1 node, 4 GPUs
 
 The batch size in the config is PER RANK; the global batch is batch_size x world size.
 The work directory holds resumable training states (a restart resumes automatically),
@@ -471,7 +471,7 @@ def manifest_sha(set_dir: Path) -> str:
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """Entry point of ``stackgan train`` / ``python -m stackgan.train``."""
+    """Entry point of ``stackgan train`` / ``python -m stackgan.cli.train``."""
     args = build_parser(prog).parse_args(argv)
     return run(args)
 

@@ -70,6 +70,6 @@ rule evaluate:
     conda:
         CONDA_TRAIN
     shell:
-        "python -m pipeline.launch {params.launch} -- -m stackgan.evaluate --network {input.network} "
+        "python -m pipeline.launch {params.launch} -- -m stackgan.cli.evaluate --network {input.network} "
         "--index {input.index} --out {params.out} {params.args} --parent-run-id-file {input.parent} "
         "{params.tracking} 2>&1 | tee {log}"

@@ -65,7 +65,7 @@ rule train_stage1:
     conda:
         CONDA_TRAIN
     shell:
-        "python -m pipeline.launch {params.launch} -- -m stackgan.train --config {input.cfg} --data {params.data} "
+        "python -m pipeline.launch {params.launch} -- -m stackgan.cli.train --config {input.cfg} --data {params.data} "
         "--workdir {params.workdir} --out {output.network} --metrics-out {output.metrics} "
         "--loss-curve {output.curve} --grid-out {output.grid} --grid-index {input.index} "
         "--parent-run-id-file {input.parent} {params.monitor} {params.tracking} 2>&1 | tee -a {log}"
@@ -98,7 +98,7 @@ rule train_stage2:
     conda:
         CONDA_TRAIN
     shell:
-        "python -m pipeline.launch {params.launch} -- -m stackgan.train --config {input.cfg} --data {params.data} "
+        "python -m pipeline.launch {params.launch} -- -m stackgan.cli.train --config {input.cfg} --data {params.data} "
         "--workdir {params.workdir} --out {output.network} --metrics-out {output.metrics} "
         "--stage1-generator {input.stage1} --loss-curve {output.curve} --grid-out {output.grid} "
         "--grid-index {input.index} --parent-run-id-file {input.parent} {params.monitor} {params.tracking} 2>&1 | tee -a {log}"

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from stackgan.data.pickles import LazyArray, load_pickle
+from stackgan.errors import StackGANError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ LAZY_MIN_BYTES = 4096
 MAX_REPORTED = 25
 
 
-class DataValidationError(ValueError):
+class DataValidationError(StackGANError, ValueError):
     """The input data is inconsistent; the message lists each problem with its location."""
 
     def __init__(self, problems: Sequence[str]) -> None:

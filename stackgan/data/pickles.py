@@ -30,6 +30,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from stackgan.errors import StackGANError
+
 __all__ = [
     "LazyArray",
     "UnsafePickleError",
@@ -39,7 +41,7 @@ __all__ = [
 ]
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(StackGANError, pickle.UnpicklingError):
     """The pickle tried to import something outside the allow-list."""
 
 

@@ -18,6 +18,8 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO
 
+from stackgan.errors import StackGANError
+
 BLOCK = 512
 _KEY_RE = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # base, extensions (WebDataset's rule)
 _REGULAR = (b"0", b"\0")
@@ -52,7 +54,7 @@ def end_of_archive(written: int) -> bytes:
     return b"\0" * (2 * BLOCK + (-total % RECORD))
 
 
-class ShardFormatError(ValueError):
+class ShardFormatError(StackGANError, ValueError):
     """A shard tar that is corrupt or not in the expected format."""
 
 

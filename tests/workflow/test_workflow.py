@@ -220,7 +220,7 @@ def test_paper_dry_run_on_a_fake_cub_tree(tmp_path: Path) -> None:
         assert not {"mpi", "nodes", "tasks", "gres", "tasks_per_gpu"} & got.keys(), got
         assert job["shell"].startswith(
             f"python -m pipeline.launch --nodes 1 --ranks-per-node 1 --gpus-per-node 1 "
-            f"--cpus-per-task {r['cpus_per_task']} -- -m stackgan.train "
+            f"--cpus-per-task {r['cpus_per_task']} -- -m stackgan.cli.train "
         ), job["shell"]
         assert f"--data results/data/cub/shards/train-{64 if stage == 1 else 256}" in job["shell"]
     assert (
@@ -290,7 +290,7 @@ def test_paper_multi_node_dry_run(tmp_path: Path) -> None:
     assert "--signal=USR1@180" in got["slurm_extra"], got
     assert job["shell"].startswith(
         "python -m pipeline.launch --nodes 2 --ranks-per-node 4 --gpus-per-node 4 "
-        "--cpus-per-task 32 -- -m stackgan.train "
+        "--cpus-per-task 32 -- -m stackgan.cli.train "
     ), job["shell"]
     # Stage-II keeps the preset's single-node setting.
     got2 = the_job(jobs, "train_stage2")["resources"]

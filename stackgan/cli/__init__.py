@@ -1,8 +1,10 @@
-"""``stackgan`` command: one sub-command per task, each also runnable as ``python -m <module>``.
+"""``stackgan`` command: one sub-command per task, one module per command in this package.
 
-Every command module exposes ``main(argv: list[str] | None) -> int`` and builds its own
-``argparse`` parser, so ``stackgan <command> --help`` and ``python -m <module> --help`` agree.
-Modules are imported lazily so that ``stackgan --help`` stays fast.
+Every command module ``stackgan.cli.<command>`` exposes ``main(argv, prog) -> int`` and builds
+its own ``argparse`` parser, so ``stackgan <command> --help`` and
+``python -m stackgan.cli.<command> --help`` agree. The command modules hold argument parsing
+and error reporting only; the work is done by library functions. Modules are imported lazily
+so that ``stackgan --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -12,25 +14,31 @@ import sys
 
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "make-twin": ("stackgan.data.twin", "write a synthetic CUB twin in the real on-disk layout"),
-    "validate-data": ("stackgan.data.cub", "check a CUB + birds-bundle tree and print a summary"),
+    "make-twin": (
+        "stackgan.cli.make_twin",
+        "write a synthetic CUB twin in the real on-disk layout",
+    ),
+    "validate-data": (
+        "stackgan.cli.validate_data",
+        "check a CUB + birds-bundle tree and print a summary",
+    ),
     "build-shards": (
-        "stackgan.data.shards",
+        "stackgan.cli.build_shards",
         "crop, resize and write WebDataset shards + HDF5 index",
     ),
-    "summary": ("stackgan.summary", "parameter counts and FLOPs of both architecture presets"),
-    "train": ("stackgan.train", "train one stage (single process, torchrun or srun)"),
-    "generate": ("stackgan.generate", "images and a grid from a generator file and embeddings"),
-    "evaluate": ("stackgan.evaluate", "IS / FID / KID, sample grids and conditional accuracy"),
+    "summary": ("stackgan.cli.summary", "parameter counts and FLOPs of both architecture presets"),
+    "train": ("stackgan.cli.train", "train one stage (single process, torchrun or srun)"),
+    "generate": ("stackgan.cli.generate", "images and a grid from a generator file and embeddings"),
+    "evaluate": ("stackgan.cli.evaluate", "IS / FID / KID, sample grids and conditional accuracy"),
     "attr-classifier": (
-        "stackgan.metrics.conditional",
+        "stackgan.cli.attr_classifier",
         "train the twin colour classifier used by the conditional-accuracy score",
     ),
     "track": (
-        "stackgan.track_cli",
+        "stackgan.cli.track",
         "manage the pipeline's parent MLflow run (start/summary/finish/check)",
     ),
-    "runs": ("stackgan.runs", "compare MLflow runs: params x final metrics"),
+    "runs": ("stackgan.cli.runs", "compare MLflow runs: params x final metrics"),
 }
 
 

@@ -1,0 +1,8 @@
+"""``stackgan attr-classifier`` (temporary forwarder while the parser moves here)."""
+
+from stackgan.metrics.conditional import main
+
+__all__ = ["main"]
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,8 @@
+"""``stackgan evaluate`` (temporary forwarder while the parser moves here)."""
+
+from stackgan.evaluate import main
+
+__all__ = ["main"]
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,8 @@
+"""``stackgan generate`` (temporary forwarder while the parser moves here)."""
+
+from stackgan.generate import main
+
+__all__ = ["main"]
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,8 @@
+"""``stackgan runs`` (temporary forwarder while the parser moves here)."""
+
+from stackgan.runs import main
+
+__all__ = ["main"]
+
+if __name__ == "__main__":
+    raise SystemExit(main())

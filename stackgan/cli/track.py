@@ -1,0 +1,8 @@
+"""``stackgan track`` (temporary forwarder while the parser moves here)."""
+
+from stackgan.track_cli import main
+
+__all__ = ["main"]
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,8 @@
+"""``stackgan validate-data`` (temporary forwarder while the parser moves here)."""
+
+from stackgan.data.cub import main
+
+__all__ = ["main"]
+
+if __name__ == "__main__":
+    raise SystemExit(main())
