@@ -19,6 +19,7 @@ from stackgan.config import ConfigError, RunConfig, from_dict, to_dict
 
 PIPELINE_DIR = Path(__file__).resolve().parent
 PRESET_DIR = PIPELINE_DIR / "config" / "presets"
+BASE_CONFIG = PIPELINE_DIR / "config" / "base.yaml"
 SCHEMA = PIPELINE_DIR / "schemas" / "config.schema.yaml"
 REQUIRED_CUB_FILES = ("images.txt", "bounding_boxes.txt")
 REQUIRED_BUNDLE_FILES = tuple(
@@ -48,17 +49,26 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
+def _read_yaml_mapping(path: Path) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise PipelineConfigError(f"{path.name}: expected a mapping at the top level")
+    return data
+
+
 def merge_with_preset(user: dict[str, Any]) -> dict[str, Any]:
-    """The preset named by ``user['preset']`` (default demo) with ``user`` merged on top."""
+    """``base.yaml``, then the preset named by ``user['preset']`` (default demo), then ``user``,
+    each deep-merged over the previous one (a preset states only what differs from base)."""
     name = user.get("preset", "demo")
     presets = available_presets()
     if name not in presets:
         raise PipelineConfigError(
             f"preset: unknown preset {name!r}; available: {', '.join(presets)}"
         )
-    with open(PRESET_DIR / f"{name}.yaml", encoding="utf-8") as fh:
-        preset = yaml.safe_load(fh)
-    return deep_merge(preset, user)
+    base = _read_yaml_mapping(BASE_CONFIG)
+    preset = _read_yaml_mapping(PRESET_DIR / f"{name}.yaml")
+    return deep_merge(deep_merge(base, preset), user)
 
 
 def _load_schema() -> dict[str, Any]:
@@ -298,6 +308,27 @@ def resolve(user: dict[str, Any]) -> Settings:
     results = config["results_dir"].rstrip("/")
     dataset = "twin" if config["data"]["source"] == "twin" else "cub"
     return Settings(config, f"{results}/{config['run']}", f"{results}/data/{dataset}", run_configs)
+
+
+def write_run_config(
+    run_config: dict[str, Any], path: str | Path, log: str | Path | None = None
+) -> None:
+    """Write one stage's run config (checked again by the training dataclasses) as YAML.
+
+    Called by the workflow's ``write_run_config`` rule with the resolved sub-tree it holds, so
+    editing a stage's hyperparameters rewrites only that stage's file and reruns only its
+    training. The file is written atomically; ``log`` gets one line saying what was written.
+    """
+    from stackgan.fileio import write_yaml
+
+    try:
+        cfg = from_dict(RunConfig, copy.deepcopy(run_config))
+    except ConfigError as err:
+        raise PipelineConfigError(f"{path}: {err}") from err
+    write_yaml(path, to_dict(cfg))
+    if log is not None:
+        Path(log).parent.mkdir(parents=True, exist_ok=True)
+        Path(log).write_text(f"wrote {path} (stage {cfg.stage}, arch {cfg.model.arch})\n")
 
 
 def prepare_rule_environment(source_dir: str, python: str | None) -> None:

@@ -11,7 +11,13 @@ BASEDIR = workflow.basedir
 if BASEDIR not in sys.path:
     sys.path.insert(0, BASEDIR)
 
-from pipeline.settings import PipelineConfigError, prepare_rule_environment, resolve, resolve_tracking_uri  # noqa: E402
+from pipeline.settings import (  # noqa: E402
+    PipelineConfigError,
+    prepare_rule_environment,
+    resolve,
+    resolve_tracking_uri,
+    write_run_config,
+)
 
 try:
     S = resolve(config)
@@ -67,14 +73,55 @@ def train_resources(stage):
     return res
 
 
+# Every key train_resources() can return: the one training rule declares each as a function
+# of the {stage} wildcard (None = not set for that stage).
+TRAIN_RESOURCE_KEYS = (
+    "mem_mb", "runtime", "cpus_per_task", "gpu", "nodes", "mpi", "tasks", "tasks_per_gpu",
+    "slurm_extra", "gres",
+)
+
+
+STAGE_NAMES = {"1": "Stage-I", "2": "Stage-II"}
+STAGE_SHARDS = {"1": "lr", "2": "hr"}  # build_shards outputs: 64 px (Stage-I), 256 px (Stage-II)
+
+
+def train_inputs(wildcards):
+    """A stage's run config, shards and index (+ Stage-I network, + monitor inputs)."""
+    stage = wildcards.stage
+    inputs = {
+        **monitor_inputs(int(stage)),
+        "cfg": rules.write_run_config.output[0].format(stage=stage),
+        "data": shard_file(STAGE_SHARDS[stage], "train"),
+        "index": shard_file("index", "train"),
+        "parent": rules.mlflow_parent.output[0],
+    }
+    if stage == "2":
+        inputs["stage1"] = stage1_network(wildcards)
+    return inputs
+
+
+def train_report(name, caption):
+    return report(
+        f"{RUN}/stage{{stage}}/{name}",
+        caption=caption,
+        category="Training",
+        subcategory=lambda w: STAGE_NAMES[w.stage],
+    )
+
+
+def shard_file(output, split):
+    """An output of rule build_shards (`lr`, `hr` manifest or `index`) for one split."""
+    return getattr(rules.build_shards.output, output).format(split=split)
+
+
 def monitor_inputs(stage):
     """Inputs of the in-training evaluation (train.eval_every > 0): classifier, test captions, test images."""
     if S.run_configs[stage]["train"]["eval_every"] <= 0:
         return {}
     return {
-        "eval_classifier": f"{DATA}/attribute_classifier.pt",
-        "eval_index": f"{SHARDS}/test-index.h5",
-        "eval_shards": f"{SHARDS}/test-64/manifest.json",
+        "eval_classifier": rules.train_attribute_classifier.output.model,
+        "eval_index": shard_file("index", "test"),
+        "eval_shards": shard_file("lr", "test"),
     }
 
 
@@ -127,7 +174,7 @@ def raw_inputs(wildcards):
 
 def stage1_network(wildcards):
     """Stage-II's starting point: this run's Stage-I network, or a configured existing one."""
-    return config.get("stage1_generator") or f"{RUN}/stage1/network-final.pt"
+    return config.get("stage1_generator") or rules.train_stage.output.network.format(stage=1)
 
 
 def set_dir(path):
@@ -142,14 +189,14 @@ COND_ACC = bool(EVAL.get("conditional_accuracy")) and S.twin
 
 def eval_inputs(wildcards):
     inputs = {
-        "network": f"{RUN}/stage{wildcards.stage}/network-final.pt",
-        "index": f"{SHARDS}/test-index.h5",
-        "parent": f"{RUN}/mlflow/parent_run_id.txt",
+        "network": rules.train_stage.output.network.format(stage=wildcards.stage),
+        "index": shard_file("index", "test"),
+        "parent": rules.mlflow_parent.output[0],
     }
     if HAVE_WEIGHTS:
-        inputs["real"] = f"{DATA}/fid/real-test-256.h5"
+        inputs["real"] = rules.real_stats.output[0]
     if COND_ACC:
-        inputs["classifier"] = f"{DATA}/attribute_classifier.pt"
+        inputs["classifier"] = rules.train_attribute_classifier.output.model
     return inputs
 
 

@@ -50,7 +50,7 @@ rule validate_data:
 
 rule build_shards:
     input:
-        f"{DATA}/validation.json",
+        rules.validate_data.output[0],
     output:
         lr=f"{SHARDS}/{{split}}-64/manifest.json",
         hr=f"{SHARDS}/{{split}}-256/manifest.json",

@@ -3,10 +3,10 @@
 
 rule train_attribute_classifier:
     input:
-        train=f"{SHARDS}/train-64/manifest.json",
-        train_index=f"{SHARDS}/train-index.h5",
-        test=f"{SHARDS}/test-64/manifest.json",
-        test_index=f"{SHARDS}/test-index.h5",
+        train=shard_file("lr", "train"),
+        train_index=shard_file("index", "train"),
+        test=shard_file("lr", "test"),
+        test_index=shard_file("index", "test"),
     output:
         model=f"{DATA}/attribute_classifier.pt",
         report=f"{DATA}/attribute_classifier.json",
@@ -30,7 +30,7 @@ rule train_attribute_classifier:
 
 rule real_stats:
     input:
-        f"{SHARDS}/test-256/manifest.json",
+        shard_file("hr", "test"),
     output:
         f"{DATA}/fid/real-test-256.h5",
     params:

@@ -5,9 +5,9 @@
 
 rule summarize:
     input:
-        train=expand(f"{RUN}/stage{{stage}}/metrics.json", stage=S.stages),
-        evals=expand(f"{RUN}/eval/stage{{stage}}/metrics.json", stage=S.eval_stages),
-        parent=f"{RUN}/mlflow/parent_run_id.txt",
+        train=expand(str(rules.train_stage.output.metrics), stage=S.stages),
+        evals=expand(str(rules.evaluate.output.metrics), stage=S.eval_stages),
+        parent=rules.mlflow_parent.output[0],
     output:
         summary=f"{RUN}/summary.json",
         table=report(f"{RUN}/metrics.html", caption="../report/metrics_table.rst", category="Metrics"),

@@ -1,8 +1,8 @@
-# MLflow parent run, per-stage run configs, and the two training stages (DDP launch).
+# MLflow parent run, per-stage run configs, and one training rule for both stages (DDP launch).
 # Resumable training state lives in params.workdir, which is deliberately NOT a declared
 # output: Snakemake deletes declared outputs of failed jobs, and a retried or requeued
 # job must find its checkpoints. Editing code under stackgan/ does not retrain; force it
-# with -R train_stage1 (or change the run name).
+# with -R train_stage (or change the run name).
 
 
 rule mlflow_parent:
@@ -24,81 +24,48 @@ rule mlflow_parent:
         "--tag stage=pipeline --out {output} > {log} 2>&1"
 
 
+# The workflow already holds each stage's validated run config (pipeline/settings.py); it
+# writes it itself. A changed value changes the params, so only that stage reruns.
 rule write_run_config:
     output:
         f"{RUN}/stage{{stage}}/run_config.yaml",
     wildcard_constraints:
         stage="1|2",
     params:
-        cfg=lambda w: json.dumps(S.run_configs[int(w.stage)], sort_keys=True),
+        cfg=lambda w: S.run_configs[int(w.stage)],
     log:
         f"{RUN}/logs/write_run_config_stage{{stage}}.log",
-    conda:
-        CONDA_TRAIN
-    shell:
-        "python -m pipeline.write_run_config --json {params.cfg:q} --out {output} > {log} 2>&1"
+    localrule: True
+    run:
+        write_run_config(params.cfg, output[0], log[0])
 
 
-rule train_stage1:
+rule train_stage:
     input:
-        unpack(lambda w: monitor_inputs(1)),
-        cfg=f"{RUN}/stage1/run_config.yaml",
-        data=f"{SHARDS}/train-64/manifest.json",
-        index=f"{SHARDS}/train-index.h5",
-        parent=f"{RUN}/mlflow/parent_run_id.txt",
+        unpack(train_inputs),
     output:
-        network=f"{RUN}/stage1/network-final.pt",
-        metrics=f"{RUN}/stage1/metrics.json",
-        curve=report(f"{RUN}/stage1/loss_curves.png", caption="../report/loss_curves.rst", category="Training", subcategory="Stage-I"),
-        grid=report(f"{RUN}/stage1/samples.png", caption="../report/train_samples.rst", category="Training", subcategory="Stage-I"),
+        network=f"{RUN}/stage{{stage}}/network-final.pt",
+        metrics=f"{RUN}/stage{{stage}}/metrics.json",
+        curve=train_report("loss_curves.png", "../report/loss_curves.rst"),
+        grid=train_report("samples.png", "../report/train_samples.rst"),
+    wildcard_constraints:
+        stage="1|2",
     params:
         data=lambda w, input: set_dir(input.data),
-        workdir=f"{RUN}/work/stage1",
-        launch=launch_args(1),
+        workdir=lambda w: f"{RUN}/work/stage{w.stage}",
+        launch=lambda w: launch_args(int(w.stage)),
         monitor=lambda w, input: monitor_args(input),
-        tracking=tracking_args("stage1"),
+        stage1=lambda w, input: f"--stage1-generator {input.stage1} " if w.stage == "2" else "",
+        tracking=lambda w: tracking_args(f"stage{w.stage}"),
     log:
-        f"{RUN}/logs/train_stage1.log",
-    threads: config["resources"]["train_stage1"]["cpus_per_task"]
+        f"{RUN}/logs/train_stage{{stage}}.log",
+    threads: lambda w: config["resources"][f"train_stage{w.stage}"]["cpus_per_task"]
     resources:
-        **train_resources(1),
+        **{k: (lambda w, k=k: train_resources(int(w.stage)).get(k)) for k in TRAIN_RESOURCE_KEYS},
     conda:
         CONDA_TRAIN
     shell:
         "python -m pipeline.launch {params.launch} -- -m stackgan.cli.train --config {input.cfg} --data {params.data} "
         "--workdir {params.workdir} --out {output.network} --metrics-out {output.metrics} "
-        "--loss-curve {output.curve} --grid-out {output.grid} --grid-index {input.index} "
+        "{params.stage1}--loss-curve {output.curve} --grid-out {output.grid} --grid-index {input.index} "
         "--parent-run-id-file {input.parent} {params.monitor} {params.tracking} 2>&1 | tee -a {log}"
-
-
-rule train_stage2:
-    input:
-        unpack(lambda w: monitor_inputs(2)),
-        cfg=f"{RUN}/stage2/run_config.yaml",
-        data=f"{SHARDS}/train-256/manifest.json",
-        index=f"{SHARDS}/train-index.h5",
-        stage1=stage1_network,
-        parent=f"{RUN}/mlflow/parent_run_id.txt",
-    output:
-        network=f"{RUN}/stage2/network-final.pt",
-        metrics=f"{RUN}/stage2/metrics.json",
-        curve=report(f"{RUN}/stage2/loss_curves.png", caption="../report/loss_curves.rst", category="Training", subcategory="Stage-II"),
-        grid=report(f"{RUN}/stage2/samples.png", caption="../report/train_samples.rst", category="Training", subcategory="Stage-II"),
-    params:
-        data=lambda w, input: set_dir(input.data),
-        workdir=f"{RUN}/work/stage2",
-        launch=launch_args(2),
-        monitor=lambda w, input: monitor_args(input),
-        tracking=tracking_args("stage2"),
-    log:
-        f"{RUN}/logs/train_stage2.log",
-    threads: config["resources"]["train_stage2"]["cpus_per_task"]
-    resources:
-        **train_resources(2),
-    conda:
-        CONDA_TRAIN
-    shell:
-        "python -m pipeline.launch {params.launch} -- -m stackgan.cli.train --config {input.cfg} --data {params.data} "
-        "--workdir {params.workdir} --out {output.network} --metrics-out {output.metrics} "
-        "--stage1-generator {input.stage1} --loss-curve {output.curve} --grid-out {output.grid} "
-        "--grid-index {input.index} --parent-run-id-file {input.parent} {params.monitor} {params.tracking} 2>&1 | tee -a {log}"

@@ -35,6 +35,7 @@ from typing import Any
 import pytest
 import yaml
 
+from pipeline.settings import merge_with_preset
 from tests.helpers import SMOKE_OUTPUTS, clean_env, wait_until
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
@@ -46,7 +47,8 @@ PROFILE = ROOT / "cluster" / "slurm"
 TEST_KNOBS = ["--slurm-init-seconds-before-status-checks", "2"]
 CMD_TIMEOUT_S = 30
 
-# (rule, wildcard value) of every job the plugin submits; `all` has no shell and runs locally.
+# (rule, wildcard value) of every job the plugin submits; `all` has no shell and
+# `write_run_config` is a local rule (the workflow writes the config it holds): both run locally.
 REMOTE_JOBS = Counter(
     [
         ("make_twin", None),
@@ -54,17 +56,15 @@ REMOTE_JOBS = Counter(
         ("build_shards", "train"),
         ("build_shards", "test"),
         ("mlflow_parent", None),
-        ("write_run_config", "1"),
-        ("write_run_config", "2"),
-        ("train_stage1", None),
-        ("train_stage2", None),
+        ("train_stage", "1"),
+        ("train_stage", "2"),
         ("train_attribute_classifier", None),
         ("evaluate", "1"),
         ("evaluate", "2"),
         ("summarize", None),
     ]
 )
-GPU_RULES = {"train_stage1", "train_stage2", "evaluate"}
+GPU_RULES = {"train_stage:1", "train_stage:2", "evaluate"}
 EVAL_CPUS = 2  # e2e override of resources.evaluate.cpus_per_task (smoke.yaml has 1)
 
 
@@ -76,10 +76,11 @@ def mem_in_mb(value: str) -> int:
 
 
 def expected_allocations(eval_cpus: int) -> dict[str, tuple[int, int, int]]:
-    """{rule: (CPUs, memory MB, GPUs)} that SLURM should allocate: from smoke.yaml's
+    """{rule (or rule:stage for training): (CPUs, memory MB, GPUs)} that SLURM should
+    allocate: from the smoke preset's
     resources section (with resources.evaluate.cpus_per_task = ``eval_cpus``), else the
     profile's default-resources; CPUs from cpus_per_task, else the rule's threads."""
-    res = yaml.safe_load((ROOT / "pipeline/config/presets/smoke.yaml").read_text())["resources"]
+    res = merge_with_preset({"preset": "smoke"})["resources"]
     profile = yaml.safe_load((PROFILE / "config.v8+.yaml").read_text())
     default_mem = profile["default-resources"]["mem_mb"]
     pre, ev = res["preprocess"], {**res["evaluate"], "cpus_per_task": eval_cpus}
@@ -89,11 +90,11 @@ def expected_allocations(eval_cpus: int) -> dict[str, tuple[int, int, int]]:
         "build_shards": (pre["cpus"], pre["mem_mb"], 0),  # threads
         "train_attribute_classifier": (ev["cpus_per_task"], ev["mem_mb"], 0),  # threads
         "evaluate": (ev["cpus_per_task"], ev["mem_mb"], ev["gpus"]),
-        **{r: (1, default_mem, 0) for r in ("mlflow_parent", "write_run_config", "summarize")},
+        **{r: (1, default_mem, 0) for r in ("mlflow_parent", "summarize")},
     }
     for stage in (1, 2):
         t = res[f"train_stage{stage}"]
-        out[f"train_stage{stage}"] = (t["cpus_per_task"], t["mem_mb"], t["gpus"])
+        out[f"train_stage:{stage}"] = (t["cpus_per_task"], t["mem_mb"], t["gpus"])
     assert all(out[r][2] >= 1 for r in GPU_RULES), "the smoke preset must request (fake) GPUs"
     return out
 
@@ -168,12 +169,16 @@ class PipelineRun:
         return m.group(1)
 
     def submitted(self) -> dict[str, list[str]]:
-        """{rule: [SLURM job ids]} from the "has been submitted" lines."""
+        """{rule or rule:wildcard: [SLURM job ids]} from the "has been submitted" lines (the
+        plugin logs to ``slurm_logs/rule_<rule>[/<wildcards>]/<jobid>.log``)."""
         out: dict[str, list[str]] = {}
         for m in re.finditer(
-            r"has been submitted with SLURM jobid (\d+) \(log: \S*/rule_(\w+)/", self.output()
+            r"has been submitted with SLURM jobid (\d+) "
+            r"\(log: \S*/rule_(\w+)/(?:([^/\s]+)/)?\d+\.log\)",
+            self.output(),
         ):
-            out.setdefault(m.group(2), []).append(m.group(1))
+            key = m.group(2) if m.group(3) is None else f"{m.group(2)}:{m.group(3)}"
+            out.setdefault(key, []).append(m.group(1))
         return out
 
     def stop(self) -> None:
@@ -291,6 +296,7 @@ def test_smoke_pipeline_on_slurm(pipeline: Callable[..., PipelineRun]) -> None:
     out = run.output()
     assert "14 of 14 steps (100%) done" in out, run.tail()
     assert re.search(r"^localrule all:$", out, re.M), "`all` has no shell and runs locally"
+    assert len(re.findall(r"^localrule write_run_config:$", out, re.M)) == 2, run.tail()
 
     # (a) sacct: one COMPLETED job per remote rule instance, no retries.
     rows = sacct_jobs(run.run_uuid(), run.started)
@@ -305,6 +311,8 @@ def test_smoke_pipeline_on_slurm(pipeline: Callable[..., PipelineRun]) -> None:
     expected = expected_allocations(eval_cpus=EVAL_CPUS)
     for r in rows:
         rule, tres = r["rule"], r["tres"]
+        if rule == "train_stage":
+            rule = f"train_stage:{r['wildcard']}"
         where = f"{rule} {r['wildcard'] or ''} job {r['JobIDRaw']}: {r['AllocTRES']}"
         cpus, mem_mb, gpus = expected[rule]
         assert tres.get("gres/gpu") == (str(gpus) if gpus else None), where
@@ -325,7 +333,7 @@ def test_smoke_pipeline_on_slurm(pipeline: Callable[..., PipelineRun]) -> None:
     assert all(c.info.status == "FINISHED" for c in children.values())
     for stage in (1, 2):
         tags = children[f"stage{stage}"].data.tags
-        assert tags.get("slurm.job_id") == submitted[f"train_stage{stage}"][0], tags
+        assert tags.get("slurm.job_id") == submitted[f"train_stage:{stage}"][0], tags
         assert tags.get("slurm.partition") == "debug", tags
         assert tags.get("stackgan.attempt") == "1", tags
 
@@ -338,7 +346,7 @@ def test_requeued_stage1_resumes_from_its_checkpoint(pipeline: Callable[..., Pip
 
     def stage1_job() -> str | None:
         assert run.alive(), f"snakemake ended before Stage-I was submitted:\n{run.tail()}"
-        return (run.submitted().get("train_stage1") or [None])[0]
+        return (run.submitted().get("train_stage:1") or [None])[0]
 
     job = wait_until(stage1_job, 300, "train_stage1 to be submitted")
 
@@ -365,11 +373,11 @@ def test_requeued_stage1_resumes_from_its_checkpoint(pipeline: Callable[..., Pip
     assert_outputs(run.workdir)
 
     # SLURM reran the same job (no resubmission by Snakemake).
-    assert run.submitted()["train_stage1"] == [job], run.submitted()
+    assert run.submitted()["train_stage:1"] == [job], run.submitted()
     history = [
         r
         for r in sacct_jobs(run.run_uuid(), run.started, duplicates=True)
-        if r["rule"] == "train_stage1"
+        if (r["rule"], r["wildcard"]) == ("train_stage", "1")
     ]
     assert {r["JobIDRaw"] for r in history} == {job}, history
     assert [r["State"] for r in history] == ["REQUEUED", "COMPLETED"], history

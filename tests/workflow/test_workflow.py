@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
+from pipeline.settings import merge_with_preset
 from tests.helpers import SMOKE_OUTPUTS, TRAIN_METRICS, clean_env
 
 pytestmark = pytest.mark.workflow
@@ -46,8 +47,7 @@ TWIN_JOBS = {
     "build_shards": 2,
     "mlflow_parent": 1,
     "write_run_config": 2,
-    "train_stage1": 1,
-    "train_stage2": 1,
+    "train_stage": 2,
     "train_attribute_classifier": 1,
     "evaluate": 2,
     "summarize": 1,
@@ -156,7 +156,8 @@ def fake_cub(root: Path, missing: str | None = None) -> Path:
 
 
 def load_preset(name: str) -> dict[str, Any]:
-    return yaml.safe_load((PRESETS / f"{name}.yaml").read_text())
+    """A preset as the workflow sees it: base.yaml with the preset's overlay merged on top."""
+    return merge_with_preset({"preset": name})
 
 
 # --------------------------------------------------------------------------- dry runs, lint
@@ -180,8 +181,10 @@ def test_dry_run_lists_the_expected_jobs(tmp_path: Path, args: list[str], run: s
         "1",
         "2",
     ]
-    assert "--run-name stage1" in the_job(jobs, "train_stage1")["shell"]
-    assert f"results/{run}/stage1/network-final.pt" in the_job(jobs, "train_stage1")["shell"]
+    assert "--run-name stage1" in the_job(jobs, "train_stage", stage="1")["shell"]
+    assert (
+        f"results/{run}/stage1/network-final.pt" in the_job(jobs, "train_stage", stage="1")["shell"]
+    )
     assert not (tmp_path / "results").exists(), "a dry run must not write outputs"
 
 
@@ -211,7 +214,7 @@ def test_paper_dry_run_on_a_fake_cub_tree(tmp_path: Path) -> None:
 
     for stage in (1, 2):
         r = res[f"train_stage{stage}"]
-        job = the_job(jobs, f"train_stage{stage}")
+        job = the_job(jobs, "train_stage", stage=str(stage))
         got = job["resources"]
         assert got["gpu"] == str(r["gpus"]) == "1", got
         assert got["cpus_per_task"] == str(r["cpus_per_task"]), got
@@ -225,7 +228,7 @@ def test_paper_dry_run_on_a_fake_cub_tree(tmp_path: Path) -> None:
         assert f"--data results/data/cub/shards/train-{64 if stage == 1 else 256}" in job["shell"]
     assert (
         "--stage1-generator results/paper/stage1/network-final.pt"
-        in the_job(jobs, "train_stage2")["shell"]
+        in the_job(jobs, "train_stage", stage="2")["shell"]
     )
 
     r = res["evaluate"]
@@ -278,7 +281,7 @@ def test_paper_multi_node_dry_run(tmp_path: Path) -> None:
     assert job_stats(proc.output) == PAPER_JOBS
     jobs = dry_run_jobs(proc.output)
 
-    job = the_job(jobs, "train_stage1")
+    job = the_job(jobs, "train_stage", stage="1")
     got = job["resources"]
     assert got["mpi"] == "srun", got
     assert got["nodes"] == "2", got
@@ -293,7 +296,7 @@ def test_paper_multi_node_dry_run(tmp_path: Path) -> None:
         "--cpus-per-task 32 -- -m stackgan.cli.train "
     ), job["shell"]
     # Stage-II keeps the preset's single-node setting.
-    got2 = the_job(jobs, "train_stage2")["resources"]
+    got2 = the_job(jobs, "train_stage", stage="2")["resources"]
     assert got2["gpu"] == "1" and "mpi" not in got2 and "nodes" not in got2, got2
 
 
@@ -360,21 +363,22 @@ def test_bad_configuration_fails_before_any_job(tmp_path: Path, case: str) -> No
 
 def test_nested_config_values_from_the_command_line_get_their_types(tmp_path: Path) -> None:
     """Snakemake parses nested --config values as strings ('60'); the pipeline must accept them."""
+    config = ["preset=smoke", "stage1={epochs: 7, lr_g: 1e-4}"]
+    resources = "resources={evaluate: {cpus_per_task: 2}}"
     proc = snakemake(
-        tmp_path,
-        "-n",
-        "--profile",
-        str(LOCAL_PROFILE),
-        "--config",
-        "preset=smoke",
-        "stage1={epochs: 7, lr_g: 1e-4}",
-        "resources={evaluate: {cpus_per_task: 2}}",
+        tmp_path, "-n", "--profile", str(LOCAL_PROFILE), "--config", *config, resources
     )
     assert proc.returncode == 0, tail(proc)
     jobs = dry_run_jobs(proc.output)
-    cfg = the_job(jobs, "write_run_config", stage="1")["shell"]
-    assert '"epochs": 7,' in cfg and '"lr_g": 0.0001' in cfg, cfg
     assert the_job(jobs, "evaluate", stage="1")["resources"]["cpus_per_task"] == "2"
+    # The workflow writes the stage's run config itself (a local rule): run just that job.
+    target = "results/smoke/stage1/run_config.yaml"
+    proc = snakemake(tmp_path, "--profile", str(LOCAL_PROFILE), target, "--config", *config)
+    assert proc.returncode == 0, tail(proc)
+    written = yaml.safe_load((tmp_path / target).read_text())
+    assert written["stage"] == 1, written
+    assert written["train"]["epochs"] == 7 and written["train"]["lr_g"] == 1e-4, written["train"]
+    assert isinstance(written["train"]["epochs"], int), written["train"]
 
 
 # --------------------------------------------------------------------------- full smoke run
