@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from stackgan.config import ConfigError, RunConfig, from_dict, to_dict
+from stackgan.config import ConfigError, EvalConfig, RunConfig, from_dict, to_dict
 
 PIPELINE_DIR = Path(__file__).resolve().parent
 PRESET_DIR = PIPELINE_DIR / "config" / "presets"
@@ -184,6 +184,7 @@ class Settings:
     run_dir: str  # <results_dir>/<run>
     data_dir: str  # <results_dir>/data/<dataset>
     run_configs: dict[int, dict[str, Any]]
+    eval: EvalConfig  # the validated eval section (rules read it; no defaults of their own)
 
     @property
     def stages(self) -> list[int]:
@@ -191,7 +192,7 @@ class Settings:
 
     @property
     def eval_stages(self) -> list[int]:
-        return sorted(s for s in self.config["eval"]["stages"] if s in self.stages)
+        return sorted(s for s in self.eval.stages if s in self.stages)
 
     @property
     def twin(self) -> bool:
@@ -297,6 +298,10 @@ def resolve(user: dict[str, Any]) -> Settings:
             "train.eval_every: the in-training evaluation needs the twin attribute classifier "
             "(data.source: twin); set it to 0 for real CUB"
         )
+    try:
+        eval_cfg = from_dict(EvalConfig, config["eval"], prefix="eval")
+    except ConfigError as err:
+        problems.append(str(err))
     run_configs = {}
     for stage in sorted(stages):
         try:
@@ -307,7 +312,9 @@ def resolve(user: dict[str, Any]) -> Settings:
         raise PipelineConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     results = config["results_dir"].rstrip("/")
     dataset = "twin" if config["data"]["source"] == "twin" else "cub"
-    return Settings(config, f"{results}/{config['run']}", f"{results}/data/{dataset}", run_configs)
+    return Settings(
+        config, f"{results}/{config['run']}", f"{results}/data/{dataset}", run_configs, eval_cfg
+    )
 
 
 def write_run_config(

@@ -231,6 +231,63 @@ class TrainConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """The evaluation protocol and its inputs (the pipeline's ``eval`` section; the defaults of
+    ``stackgan evaluate`` come from here too).
+
+    The defaults are the paper protocol: 10 captions per test image (29,330 samples on CUB),
+    IS over 10 splits, KID over 100 subsets of 1,000, the EMA generator when the file has one.
+    """
+
+    stages: tuple[int, ...] = (1, 2)  # stages the pipeline evaluates
+    captions_per_image: int = 10
+    max_images: int | None = None  # cap on test images (None = all)
+    batch_size: int = 64
+    seed: int = 100
+    use_ema: bool = True  # evaluate G_ema when the network file holds one
+    inception_weights: str | None = None  # local pt_inception-2015-12-05-6726825d.pth
+    inception_sha256: str | None = None
+    cub_classifier: str | None = None  # CUB-fine-tuned IS classifier (state dict)
+    require_metrics: bool = False  # missing weights or real statistics are errors, not skips
+    is_splits: int = 10
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    grid_captions: int = 6
+    grid_samples: int = 4
+    conditional_accuracy: bool = False  # attribute accuracy (synthetic twin only)
+    classifier_epochs: int = 100  # training of the twin attribute classifier
+
+    def __post_init__(self) -> None:
+        _check(
+            all(s in (1, 2) for s in self.stages) and len(set(self.stages)) == len(self.stages),
+            "eval.stages",
+            f"expected distinct values from [1, 2], got {list(self.stages)}",
+        )
+        _check(
+            1 <= self.captions_per_image <= 10,
+            "eval.captions_per_image",
+            f"must be in [1, 10], got {self.captions_per_image}",
+        )
+        _check(
+            self.max_images is None or self.max_images >= 1,
+            "eval.max_images",
+            "must be >= 1 or null",
+        )
+        for key in (
+            "batch_size",
+            "is_splits",
+            "kid_subsets",
+            "kid_subset_size",
+            "grid_captions",
+            "grid_samples",
+            "classifier_epochs",
+        ):
+            _check(
+                getattr(self, key) >= 1, f"eval.{key}", f"must be >= 1, got {getattr(self, key)}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunConfig:
     """Everything ``stackgan train`` needs besides paths: model, loss, training, stage."""
 
@@ -366,6 +423,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 __all__ = [
     "ConfigError",
+    "EvalConfig",
     "LossConfig",
     "ModelConfig",
     "RunConfig",

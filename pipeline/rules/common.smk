@@ -182,9 +182,9 @@ def set_dir(path):
     return os.path.dirname(path)
 
 
-EVAL = config["eval"]
-HAVE_WEIGHTS = bool(EVAL.get("inception_weights"))
-COND_ACC = bool(EVAL.get("conditional_accuracy")) and S.twin
+EVAL = S.eval  # stackgan.config.EvalConfig: validated, every key set
+HAVE_WEIGHTS = bool(EVAL.inception_weights)
+COND_ACC = EVAL.conditional_accuracy and S.twin
 
 
 def eval_inputs(wildcards):
@@ -203,27 +203,27 @@ def eval_inputs(wildcards):
 def eval_args(wildcards, input):
     """`stackgan evaluate` options from the eval config section."""
     args = [
-        f"--captions-per-image {EVAL.get('captions_per_image', 10)}",
-        f"--batch-size {EVAL.get('batch_size', 64)}",
-        f"--seed {EVAL.get('seed', 100)}",
-        f"--is-splits {EVAL.get('is_splits', 10)}",
-        f"--kid-subsets {EVAL.get('kid_subsets', 100)}",
-        f"--kid-subset-size {EVAL.get('kid_subset_size', 1000)}",
-        f"--grid-captions {EVAL.get('grid_captions', 6)}",
-        f"--grid-samples {EVAL.get('grid_samples', 4)}",
+        f"--captions-per-image {EVAL.captions_per_image}",
+        f"--batch-size {EVAL.batch_size}",
+        f"--seed {EVAL.seed}",
+        f"--is-splits {EVAL.is_splits}",
+        f"--kid-subsets {EVAL.kid_subsets}",
+        f"--kid-subset-size {EVAL.kid_subset_size}",
+        f"--grid-captions {EVAL.grid_captions}",
+        f"--grid-samples {EVAL.grid_samples}",
     ]
-    if EVAL.get("max_images"):
-        args.append(f"--max-images {EVAL['max_images']}")
-    if not EVAL.get("use_ema", True):
+    if EVAL.max_images:
+        args.append(f"--max-images {EVAL.max_images}")
+    if not EVAL.use_ema:
         args.append("--no-ema")
-    if EVAL.get("require_metrics"):
+    if EVAL.require_metrics:
         args.append("--require-metrics")
     if HAVE_WEIGHTS:
-        args += [f"--inception-weights {shlex.quote(EVAL['inception_weights'])}", f"--real-stats {input.real}"]
-        if EVAL.get("inception_sha256"):
-            args.append(f"--inception-sha256 {EVAL['inception_sha256']}")
-        if EVAL.get("cub_classifier"):
-            args.append(f"--cub-classifier {shlex.quote(EVAL['cub_classifier'])}")
+        args += [f"--inception-weights {shlex.quote(EVAL.inception_weights)}", f"--real-stats {input.real}"]
+        if EVAL.inception_sha256:
+            args.append(f"--inception-sha256 {EVAL.inception_sha256}")
+        if EVAL.cub_classifier:
+            args.append(f"--cub-classifier {shlex.quote(EVAL.cub_classifier)}")
     if COND_ACC:
         args.append(f"--attribute-classifier {input.classifier}")
     return " ".join(args)

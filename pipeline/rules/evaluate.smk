@@ -13,7 +13,7 @@ rule train_attribute_classifier:
     params:
         train=lambda w, input: set_dir(input.train),
         test=lambda w, input: set_dir(input.test),
-        epochs=EVAL.get("classifier_epochs", 100),
+        epochs=EVAL.classifier_epochs,
     log:
         f"{DATA}/logs/train_attribute_classifier.log",
     threads: config["resources"]["evaluate"]["cpus_per_task"]
@@ -35,9 +35,9 @@ rule real_stats:
         f"{DATA}/fid/real-test-256.h5",
     params:
         shards=lambda w, input: set_dir(input[0]),
-        weights=EVAL.get("inception_weights") or "",
-        sha=f"--inception-sha256 {EVAL['inception_sha256']}" if EVAL.get("inception_sha256") else "",
-        batch=EVAL.get("batch_size", 64),
+        weights=EVAL.inception_weights or "",
+        sha=f"--inception-sha256 {EVAL.inception_sha256}" if EVAL.inception_sha256 else "",
+        batch=EVAL.batch_size,
     log:
         f"{DATA}/logs/real_stats.log",
     resources:

@@ -11,13 +11,23 @@ import yaml
 
 from pipeline.launch import build_command, rendezvous_port
 from pipeline.settings import (
+    BASE_CONFIG,
+    PRESET_DIR,
     SCHEMA,
     PipelineConfigError,
     available_presets,
     deep_merge,
+    merge_with_preset,
     resolve,
 )
-from stackgan.config import LossConfig, ModelConfig, TrainConfig
+from stackgan.config import (
+    ConfigError,
+    EvalConfig,
+    LossConfig,
+    ModelConfig,
+    TrainConfig,
+    from_dict,
+)
 
 
 def test_presets_exist_and_resolve():
@@ -86,6 +96,43 @@ def test_schema_matches_the_training_dataclasses():
     assert train_fields == {f.name for f in dataclasses.fields(TrainConfig)}
     assert set(props["model"]["properties"]) == {f.name for f in dataclasses.fields(ModelConfig)}
     assert set(props["loss"]["properties"]) == {f.name for f in dataclasses.fields(LossConfig)}
+    assert set(props["eval"]["properties"]) == {f.name for f in dataclasses.fields(EvalConfig)}
+
+
+def _leaves(tree, prefix=""):
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def test_presets_state_only_what_differs_from_base():
+    base = _leaves(yaml.safe_load(BASE_CONFIG.read_text()))
+    assert "preset" not in base and "run" not in base
+    for name in available_presets():
+        overlay = _leaves(yaml.safe_load((PRESET_DIR / f"{name}.yaml").read_text()))
+        assert overlay["preset"] == name, name
+        unknown = sorted(k for k in overlay if k not in base and k not in ("preset", "run"))
+        repeated = sorted(k for k in overlay if k in base and overlay[k] == base[k])
+        assert repeated == [], f"{name}.yaml repeats base.yaml: {repeated}"
+        # Keys the base leaves out must be known to the schema (checked by resolve below).
+        merged = merge_with_preset({"preset": name})
+        assert all(k in _leaves(merged) for k in unknown), (name, unknown)
+
+
+def test_eval_section_becomes_a_validated_dataclass():
+    s = resolve({"preset": "smoke"})
+    assert isinstance(s.eval, EvalConfig)
+    assert s.eval == from_dict(EvalConfig, merge_with_preset({"preset": "smoke"})["eval"])
+    assert (s.eval.captions_per_image, s.eval.max_images, s.eval.use_ema) == (2, 6, False)
+    assert s.eval_stages == [1, 2]
+    with pytest.raises(ConfigError, match=r"eval\.stages: expected distinct values"):
+        from_dict(EvalConfig, {"stages": [1, 1]}, prefix="eval")
+    with pytest.raises(ConfigError, match=r"eval\.kid_subsets: must be >= 1, got 0"):
+        EvalConfig(kid_subsets=0)
 
 
 def test_every_preset_sets_only_known_keys():
