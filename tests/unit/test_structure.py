@@ -1,9 +1,13 @@
-"""House rules that hold for the whole library: no import cycles, no imports of the workflow."""
+"""House rules that hold for the whole library: no import cycles, no imports of the workflow,
+entry points only in ``stackgan/cli/``, no function over 80 lines."""
 
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 LIBRARY = ROOT / "stackgan"
@@ -81,3 +85,49 @@ def test_library_never_imports_the_workflow():
                 f"{path.name}: {m}" for m in mods if m.split(".")[0] in ("pipeline", "snakemake")
             ]
     assert not offenders
+
+
+def _library_modules_outside_cli() -> list[Path]:
+    return [p for p in LIBRARY.rglob("*.py") if "cli" not in p.relative_to(LIBRARY).parts[:1]]
+
+
+def test_only_cli_modules_define_main_or_build_parsers():
+    offenders = []
+    for path in _library_modules_outside_cli():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        rel = path.relative_to(ROOT)
+        offenders += [
+            f"{rel}: def main"
+            for node in tree.body
+            if isinstance(node, ast.FunctionDef) and node.name == "main"
+        ]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import) and any(a.name == "argparse" for a in node.names):
+                offenders.append(f"{rel}: import argparse")
+            elif isinstance(node, ast.ImportFrom) and node.module == "argparse":
+                offenders.append(f"{rel}: from argparse")
+    assert offenders == []
+
+
+def test_no_library_function_is_longer_than_80_lines():
+    long = []
+    for path in LIBRARY.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1  # type: ignore[operator]
+                if lines > 80:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines})")
+    assert long == []
+
+
+def test_every_command_has_its_module_in_the_cli_package_and_a_help_page(capsys):
+    from stackgan.cli import COMMANDS
+
+    for name, (module_name, _) in COMMANDS.items():
+        assert module_name == f"stackgan.cli.{name.replace('-', '_')}", name
+        module = importlib.import_module(module_name)
+        with pytest.raises(SystemExit) as exit_:
+            module.main(["--help"], prog=f"stackgan {name}")
+        assert exit_.value.code == 0, name
+        out = capsys.readouterr().out
+        assert out.startswith(f"usage: stackgan {name}"), (name, out[:200])
