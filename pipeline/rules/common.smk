@@ -61,6 +61,7 @@ def train_resources(stage):
     """
     r = config["resources"][f"train_stage{stage}"]
     res = {"mem_mb": r["mem_mb"], "runtime": r["runtime"], "cpus_per_task": r["cpus_per_task"]}
+    res.update({k: r[k] for k in ("slurm_partition", "gpu_model") if r.get(k)})
     if r["nodes"] > 1:
         # srun in the rule starts one torchrun per node; SIGUSR1 three minutes before the
         # time limit makes every rank checkpoint and exit (the retry then resumes).
@@ -74,10 +75,11 @@ def train_resources(stage):
 
 
 # Every key train_resources() can return: the one training rule declares each as a function
-# of the {stage} wildcard (None = not set for that stage).
+# of the {stage} wildcard (None = not set for that stage). Per-stage partition and GPU type
+# come from resources.train_stage<N>.slurm_partition / gpu_model.
 TRAIN_RESOURCE_KEYS = (
     "mem_mb", "runtime", "cpus_per_task", "gpu", "nodes", "mpi", "tasks", "tasks_per_gpu",
-    "slurm_extra", "gres",
+    "slurm_extra", "gres", "slurm_partition", "gpu_model",
 )
 
 

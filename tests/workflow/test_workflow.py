@@ -271,7 +271,8 @@ def test_paper_multi_node_dry_run(tmp_path: Path) -> None:
                         "cpus_per_task": 32,
                         "mem_mb": 128000,
                         "runtime": 1440,
-                    }
+                    },
+                    "train_stage2": {"slurm_partition": "gpu-long", "gpu_model": "a100"},
                 },
             }
         )
@@ -295,9 +296,11 @@ def test_paper_multi_node_dry_run(tmp_path: Path) -> None:
         "python -m pipeline.launch --nodes 2 --ranks-per-node 4 --gpus-per-node 4 "
         "--cpus-per-task 32 -- -m stackgan.cli.train "
     ), job["shell"]
-    # Stage-II keeps the preset's single-node setting.
+    assert "slurm_partition" not in got and "gpu_model" not in got, got
+    # Stage-II keeps the preset's single-node setting, on its own partition and GPU type.
     got2 = the_job(jobs, "train_stage", stage="2")["resources"]
     assert got2["gpu"] == "1" and "mpi" not in got2 and "nodes" not in got2, got2
+    assert got2["slurm_partition"] == "gpu-long" and got2["gpu_model"] == "a100", got2
 
 
 # --------------------------------------------------------------------------- bad configuration
