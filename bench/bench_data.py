@@ -97,7 +97,7 @@ def run_build(
     peak single RSS).
     """
     cmd = [
-        sys.executable, "-m", "stackgan.data.shards", "--root", str(root), "--out", str(out),
+        sys.executable, "-m", "stackgan.cli.build_shards", "--root", str(root), "--out", str(out),
         "--workers", str(workers), "--quiet", "--splits", *splits,
     ]  # fmt: skip
     t0 = time.perf_counter()

@@ -1,50 +1,47 @@
-"""``stackgan generate``: PNGs and a grid from a generator file and text embeddings.
+"""PNGs and a grid from a generator file and text embeddings (``stackgan generate``).
 
-    stackgan generate --network results/demo/stage2/network-final.pt \\
-        --embeddings results/data/twin/shards/test-index.h5 --limit 8 --out samples/
-
-Embeddings come from an HDF5 index (``embeddings`` [N, 10, D]; pick captions with
-``--caption``) or a ``.npy`` file of shape [N, D] or [N, 10, D]. The same arguments
-always give the same images (fixed seeds, generator in eval mode).
+Embeddings come from an HDF5 index (``embeddings`` [N, 10, D], read with
+:class:`~stackgan.data.index.SplitIndex`; pick captions with ``caption``) or a ``.npy``
+file of shape [N, D] or [N, 10, D]. The same arguments always give the same images
+(fixed seeds, generator in eval mode).
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from stackgan.checkpoint import CheckpointError
+from stackgan.data.index import SplitIndex
 from stackgan.fileio import atomic_path, write_json
 from stackgan.grids import make_grid, save_png, to_uint8
 from stackgan.sampling import Sampler, iterate_samples
 
 
+def _read_rows(path: Path, limit: int | None) -> tuple[np.ndarray, list[str]]:
+    """The first ``limit`` (all if None) embedding rows of ``path`` and their labels."""
+    if path.suffix in (".h5", ".hdf5"):
+        with SplitIndex(path) as index:
+            n = index.num_images if limit is None else min(limit, index.num_images)
+            return index.embeddings(slice(None, n)), index.keys(n)
+    if path.suffix == ".npy":
+        emb = np.load(path, allow_pickle=False)
+        emb = emb[:limit] if limit is not None else emb
+        return emb, [f"row{i}" for i in range(emb.shape[0])]
+    raise ValueError(f"{path}: expected an HDF5 index (.h5) or a .npy array")
+
+
 def load_embeddings(
     path: Path, caption: int | None, limit: int | None
 ) -> tuple[torch.Tensor, list[str]]:
-    """Embeddings [N, D] and a label per row, from an HDF5 index or a .npy file."""
-    if path.suffix in (".h5", ".hdf5"):
-        import h5py
+    """Embeddings [N, D] and a label per row, from an HDF5 index or a .npy file.
 
-        with h5py.File(path, "r") as h5:
-            n = (
-                h5["embeddings"].shape[0]
-                if limit is None
-                else min(limit, h5["embeddings"].shape[0])
-            )
-            emb = h5["embeddings"][:n]
-            keys = [k.decode() if isinstance(k, bytes) else str(k) for k in h5["keys"][:n]]
-    elif path.suffix == ".npy":
-        emb = np.load(path, allow_pickle=False)
-        emb = emb[:limit] if limit is not None else emb
-        keys = [f"row{i}" for i in range(emb.shape[0])]
-    else:
-        raise ValueError(f"{path}: expected an HDF5 index (.h5) or a .npy array")
+    [N, captions, D] inputs give caption ``caption`` of each row, or the mean of all
+    captions when ``caption`` is None.
+    """
+    emb, keys = _read_rows(path, limit)
     if emb.ndim == 3:
         if caption is None:
             emb = emb.mean(axis=1)
@@ -61,78 +58,80 @@ def load_embeddings(
     return torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32)), keys
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """Generate images deterministically."""
-    p = argparse.ArgumentParser(
-        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument(
-        "--network", type=Path, required=True, help="network file of Stage-I or Stage-II"
-    )
-    p.add_argument(
-        "--embeddings", type=Path, required=True, help="HDF5 index (.h5) or .npy embeddings"
-    )
-    p.add_argument("--out", type=Path, required=True, help="output directory for PNGs and grid.png")
-    p.add_argument(
-        "--caption",
-        type=int,
-        default=0,
-        help="caption index for [N, 10, D] inputs (-1: mean of all)",
-    )
-    p.add_argument("--limit", type=int, help="use only the first N embeddings")
-    p.add_argument("--samples", type=int, default=1, help="images per embedding (different noise)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument(
-        "--no-ema", action="store_true", help="use G even if the file has an EMA generator"
-    )
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args(argv)
-    try:
-        sampler = Sampler.load(args.network, use_ema=not args.no_ema, device=args.device)
-        emb, labels = load_embeddings(
-            args.embeddings, None if args.caption < 0 else args.caption, args.limit
+def write_images(
+    sampler: Sampler,
+    embeddings: torch.Tensor,
+    out_dir: Path,
+    *,
+    samples: int = 1,
+    seed: int = 0,
+    batch_size: int = 32,
+    device: str = "cpu",
+) -> int:
+    """``<row>_<sample>.png`` for ``samples`` images per embedding row, and ``grid.png``.
+
+    Returns the number of images written (``len(embeddings) * samples``).
+
+    Raises:
+        ValueError: the embeddings' dimension is not the network's.
+    """
+    if embeddings.shape[1] != sampler.model.text_dim:
+        raise ValueError(
+            f"embeddings have dimension {embeddings.shape[1]}, "
+            f"the network expects {sampler.model.text_dim}"
         )
-    except (CheckpointError, ValueError, OSError, KeyError) as err:
-        print(f"stackgan generate: {err}", file=sys.stderr)
-        return 2
-    if emb.shape[1] != sampler.model.text_dim:
-        print(
-            f"stackgan generate: embeddings have dimension {emb.shape[1]}, "
-            f"the network expects {sampler.model.text_dim}",
-            file=sys.stderr,
-        )
-        return 2
-    requests = emb.repeat_interleave(args.samples, dim=0)  # [N * samples, D]
+    requests = embeddings.repeat_interleave(samples, dim=0)  # [N * samples, D]
     images = []
-    args.out.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     for start, _stop, out in iterate_samples(
-        sampler, requests, batch_size=args.batch_size, seed=args.seed, device=args.device
+        sampler, requests, batch_size=batch_size, seed=seed, device=device
     ):
         tiles = to_uint8(out.final)
         for j, tile in enumerate(tiles):
-            i, s = divmod(start + j, args.samples)
-            with atomic_path(args.out / f"{i:05d}_{s}.png") as tmp:
+            i, s = divmod(start + j, samples)
+            with atomic_path(out_dir / f"{i:05d}_{s}.png") as tmp:
                 Image.fromarray(tile).save(tmp, format="PNG")
         images.append(out.final.cpu())
-    grid = make_grid(
-        torch.cat(images), ncol=args.samples if args.samples > 1 else min(8, len(requests))
+    grid = make_grid(torch.cat(images), ncol=samples if samples > 1 else min(8, len(requests)))
+    save_png(grid, out_dir / "grid.png")
+    return len(requests)
+
+
+def generate(
+    sampler: Sampler,
+    embeddings: torch.Tensor,
+    labels: list[str],
+    out_dir: Path,
+    *,
+    source: str,
+    samples: int = 1,
+    seed: int = 0,
+    batch_size: int = 32,
+    device: str = "cpu",
+) -> int:
+    """:func:`write_images`, then ``generate.json`` recording the network, rows and seeds.
+
+    ``source`` is where the embeddings came from (recorded as given). Returns the number
+    of images written.
+    """
+    count = write_images(
+        sampler,
+        embeddings,
+        out_dir,
+        samples=samples,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
     )
-    save_png(grid, args.out / "grid.png")
     write_json(
-        args.out / "generate.json",
+        out_dir / "generate.json",
         {
             "network": sampler.meta,
-            "embeddings": str(args.embeddings),
+            "embeddings": source,
             "rows": labels,
-            "samples": args.samples,
-            "seed": args.seed,
-            "batch_size": args.batch_size,
+            "samples": samples,
+            "seed": seed,
+            "batch_size": batch_size,
         },
     )
-    print(f"wrote {len(requests)} images and grid.png to {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return count

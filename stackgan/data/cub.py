@@ -18,12 +18,7 @@ file, missing bbox) are returned as :class:`Problem` records.
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import math
-import pickle
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +28,6 @@ import numpy as np
 
 from stackgan.data.pickles import LazyArray, load_pickle
 from stackgan.errors import StackGANError
-
-log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
 NUM_CAPTIONS = 10
@@ -287,6 +280,126 @@ def _load_list(path: Path, what: str) -> list:
     return list(obj)
 
 
+@dataclass
+class _Findings:
+    """What reading a split found: fatal problems, tolerated per-image ones, warnings."""
+
+    fatal: list[str] = field(default_factory=list)
+    tolerated: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _SplitFiles:
+    """The split's three bundle files and what they hold."""
+
+    fn_path: Path
+    ci_path: Path
+    emb_path: Path
+    keys: list
+    class_ids: list
+    embeddings: EmbeddingStore
+
+
+def _load_split_files(paths: DataPaths, split: str) -> _SplitFiles:
+    """Load the split's filenames, class ids and embeddings pickles (a missing one is fatal)."""
+    fn_path = paths.split_file(split, "filenames.pickle")
+    ci_path = paths.split_file(split, "class_info.pickle")
+    emb_path = paths.split_file(split, EMBEDDINGS_FILE)
+    keys = _load_list(fn_path, "one key per image")
+    class_ids = _load_list(ci_path, "one class id per image")
+    if not emb_path.is_file():
+        raise DataValidationError([f"{emb_path}: file not found (text embeddings)"])
+    embeddings = EmbeddingStore(load_pickle(emb_path, lazy_min_bytes=LAZY_MIN_BYTES), emb_path)
+    return _SplitFiles(fn_path, ci_path, emb_path, keys, class_ids, embeddings)
+
+
+def _image_problem(
+    i: int, key: str, image_id: int | None, image_path: Path, bbox: object, fn_path: Path
+) -> Problem | None:
+    """The tolerable problem of one image (no images.txt line, no file, no box), if any."""
+    if image_id is None:
+        return Problem(
+            i, key, "missing_image", f"{fn_path}[{i}]: key {key!r} has no line in images.txt"
+        )
+    if not image_path.is_file():
+        return Problem(
+            i, key, "missing_image", f"{image_path}: image file not found ({fn_path}[{i}])"
+        )
+    if bbox is None:
+        return Problem(
+            i, key, "missing_bbox", f"bounding_boxes.txt: no box for image id {image_id} ({key!r})"
+        )
+    return None
+
+
+def _read_sample(
+    i: int,
+    key: object,
+    files: _SplitFiles,
+    paths: DataPaths,
+    images: dict[str, tuple[int, str]],
+    bboxes: dict[int, tuple[float, float, float, float]],
+    num_captions: int,
+    found: _Findings,
+    first_seen: dict[str, int],
+) -> Sample | None:
+    """Check entry ``i`` of the split; record its problems in ``found``; its Sample or None."""
+    fn_path, ci_path, class_ids = files.fn_path, files.ci_path, files.class_ids
+    if not isinstance(key, str) or not key:
+        found.fatal.append(f"{fn_path}[{i}]: expected a non-empty key string, got {key!r}")
+        return None
+    if key in first_seen:
+        found.fatal.append(
+            f"{fn_path}[{i}]: duplicate key {key!r} (first at index {first_seen[key]})"
+        )
+        return None
+    first_seen[key] = i
+    class_id = class_ids[i] if i < len(class_ids) else None
+    if not isinstance(class_id, int | np.integer) or isinstance(class_id, bool):
+        if i < len(class_ids):
+            found.fatal.append(f"{ci_path}[{i}]: expected an integer class id, got {class_id!r}")
+        return None
+    class_dir = key.split("/", 1)[0]
+    prefix = class_dir.split(".", 1)[0]
+    if prefix.isdigit() and int(prefix) != int(class_id):
+        found.warnings.append(
+            f"{ci_path}[{i}]: class id {class_id} but key {key!r} is in class directory {class_dir}"
+        )
+    image_id, rel = images.get(key, (None, f"{key}.jpg"))
+    image_path = paths.cub_dir / "images" / rel
+    bbox = bboxes.get(image_id) if image_id is not None else None
+    problem = _image_problem(i, key, image_id, image_path, bbox, fn_path)
+    if problem is not None:
+        found.tolerated.append(problem)
+    captions = None
+    cap_path = paths.captions_dir / f"{key}.txt"
+    if cap_path.is_file():
+        try:
+            captions = read_captions(cap_path, num_captions)
+        except DataValidationError as err:
+            found.fatal += err.problems
+    return Sample(i, key, image_id, image_path, bbox, int(class_id), captions)
+
+
+def _count_warnings(paths: DataPaths, split: str, samples: list[Sample]) -> list[str]:
+    """Warnings about missing caption files and counts that differ from the paper's split."""
+    warnings = []
+    captions_dir = paths.captions_dir
+    n_caps = sum(s.captions is not None for s in samples)
+    if captions_dir.is_dir() and n_caps < len(samples):
+        warnings.append(
+            f"{captions_dir}: {len(samples) - n_caps} of {len(samples)} {split} images "
+            "have no caption file"
+        )
+    if len(samples) != PAPER_COUNTS[split]:
+        warnings.append(
+            f"{split}: {len(samples)} images; the paper's CUB split has {PAPER_COUNTS[split]} "
+            "(fine for the synthetic twin)"
+        )
+    return warnings
+
+
 def read_split(
     paths: DataPaths,
     split: str,
@@ -305,107 +418,32 @@ def read_split(
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     images = read_images_txt(paths.cub_dir) if images is None else images
     bboxes = read_bounding_boxes(paths.cub_dir) if bboxes is None else bboxes
-    fn_path = paths.split_file(split, "filenames.pickle")
-    ci_path = paths.split_file(split, "class_info.pickle")
-    emb_path = paths.split_file(split, EMBEDDINGS_FILE)
-    keys = _load_list(fn_path, "one key per image")
-    class_ids = _load_list(ci_path, "one class id per image")
-    if not emb_path.is_file():
-        raise DataValidationError([f"{emb_path}: file not found (text embeddings)"])
-    embeddings = EmbeddingStore(load_pickle(emb_path, lazy_min_bytes=LAZY_MIN_BYTES), emb_path)
-
-    fatal: list[str] = []
-    tolerated: list[Problem] = []
-    warnings: list[str] = []
-    if len(class_ids) != len(keys):
-        fatal.append(
-            f"{ci_path}: has {len(class_ids)} class ids, expected {len(keys)} "
-            f"(one per entry of {fn_path.name})"
+    files = _load_split_files(paths, split)
+    keys = files.keys
+    found = _Findings()
+    if len(files.class_ids) != len(keys):
+        found.fatal.append(
+            f"{files.ci_path}: has {len(files.class_ids)} class ids, expected {len(keys)} "
+            f"(one per entry of {files.fn_path.name})"
         )
-    fatal += embeddings.check(len(keys), text_dim, num_captions)
-
+    found.fatal += files.embeddings.check(len(keys), text_dim, num_captions)
     first_seen: dict[str, int] = {}
     samples: list[Sample] = []
-    captions_dir = paths.captions_dir
     for i, key in enumerate(keys):
-        if not isinstance(key, str) or not key:
-            fatal.append(f"{fn_path}[{i}]: expected a non-empty key string, got {key!r}")
-            continue
-        if key in first_seen:
-            fatal.append(
-                f"{fn_path}[{i}]: duplicate key {key!r} (first at index {first_seen[key]})"
-            )
-            continue
-        first_seen[key] = i
-        class_id = class_ids[i] if i < len(class_ids) else None
-        if not isinstance(class_id, int | np.integer) or isinstance(class_id, bool):
-            if i < len(class_ids):
-                fatal.append(f"{ci_path}[{i}]: expected an integer class id, got {class_id!r}")
-            continue
-        class_dir = key.split("/", 1)[0]
-        prefix = class_dir.split(".", 1)[0]
-        if prefix.isdigit() and int(prefix) != int(class_id):
-            warnings.append(
-                f"{ci_path}[{i}]: class id {class_id} but key {key!r} "
-                f"is in class directory {class_dir}"
-            )
-        image_id, rel = images.get(key, (None, f"{key}.jpg"))
-        image_path = paths.cub_dir / "images" / rel
-        bbox = bboxes.get(image_id) if image_id is not None else None
-        if image_id is None:
-            tolerated.append(
-                Problem(
-                    i,
-                    key,
-                    "missing_image",
-                    f"{fn_path}[{i}]: key {key!r} has no line in images.txt",
-                )
-            )
-        elif not image_path.is_file():
-            tolerated.append(
-                Problem(
-                    i, key, "missing_image", f"{image_path}: image file not found ({fn_path}[{i}])"
-                )
-            )
-        elif bbox is None:
-            tolerated.append(
-                Problem(
-                    i,
-                    key,
-                    "missing_bbox",
-                    f"bounding_boxes.txt: no box for image id {image_id} ({key!r})",
-                )
-            )
-        captions = None
-        cap_path = captions_dir / f"{key}.txt"
-        if cap_path.is_file():
-            try:
-                captions = read_captions(cap_path, num_captions)
-            except DataValidationError as err:
-                fatal += err.problems
-        samples.append(Sample(i, key, image_id, image_path, bbox, int(class_id), captions))
-
-    if fatal:
-        raise DataValidationError(fatal)
-    n_caps = sum(s.captions is not None for s in samples)
-    if captions_dir.is_dir() and n_caps < len(samples):
-        warnings.append(
-            f"{captions_dir}: {len(samples) - n_caps} of {len(samples)} {split} images "
-            "have no caption file"
-        )
-    if len(samples) != PAPER_COUNTS[split]:
-        warnings.append(
-            f"{split}: {len(samples)} images; the paper's CUB split has {PAPER_COUNTS[split]} "
-            "(fine for the synthetic twin)"
-        )
-    files = {
+        sample = _read_sample(i, key, files, paths, images, bboxes, num_captions, found, first_seen)
+        if sample is not None:
+            samples.append(sample)
+    if found.fatal:
+        raise DataValidationError(found.fatal)
+    warnings = found.warnings + _count_warnings(paths, split, samples)
+    input_files = {
         "images.txt": paths.cub_dir / "images.txt",
         "bounding_boxes.txt": paths.cub_dir / "bounding_boxes.txt",
-        f"{split}/filenames.pickle": fn_path,
-        f"{split}/class_info.pickle": ci_path,
-        f"{split}/{EMBEDDINGS_FILE}": emb_path,
+        f"{split}/filenames.pickle": files.fn_path,
+        f"{split}/class_info.pickle": files.ci_path,
+        f"{split}/{EMBEDDINGS_FILE}": files.emb_path,
     }
-    return SplitData(split, samples, embeddings, tolerated, files, warnings)
+    return SplitData(split, samples, files.embeddings, found.tolerated, input_files, warnings)
 
 
 def read_dataset(paths: DataPaths, splits: Sequence[str] = SPLITS) -> dict[str, SplitData]:
@@ -438,87 +476,10 @@ def summarize(data: dict[str, SplitData]) -> dict[str, object]:
     return out
 
 
-# --------------------------------------------------------------------------- CLI
-
-
-def add_path_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--root`` or ``--cub-dir``/``--bundle-dir`` (shared by data commands)."""
-    parser.add_argument(
-        "--root",
-        type=Path,
-        help="StackGAN data root holding CUB_200_2011/, train/, test/, text_c10/",
-    )
-    parser.add_argument(
-        "--cub-dir", type=Path, help="CUB_200_2011 directory (default: <root>/CUB_200_2011)"
-    )
-    parser.add_argument("--bundle-dir", type=Path, help="birds bundle directory (default: <root>)")
-
-
-def paths_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> DataPaths:
-    """Resolve :class:`DataPaths` from parsed CLI arguments."""
-    if args.root is None and (args.cub_dir is None or args.bundle_dir is None):
-        parser.error("give --root, or both --cub-dir and --bundle-dir")
-    base = DataPaths.from_root(args.root) if args.root is not None else None
-    return DataPaths(
-        cub_dir=args.cub_dir or base.cub_dir,  # type: ignore[union-attr]
-        bundle_dir=args.bundle_dir or base.bundle_dir,  # type: ignore[union-attr]
-    )
-
-
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """``stackgan validate-data``: check the raw data and print/write a summary."""
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Validate CUB-200-2011 + the StackGAN birds bundle (or the synthetic twin): "
-        "every key has an image and a bbox, counts agree, embeddings are (10, 1024) and finite, "
-        "caption files hold 10 lines.",
-    )
-    add_path_arguments(parser)
-    parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
-    parser.add_argument(
-        "--on-bad-image",
-        choices=("error", "skip"),
-        default="error",
-        help="error (default): a missing image or bbox is fatal; skip: report and continue",
-    )
-    parser.add_argument("--report", type=Path, help="write the summary as JSON here (atomically)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    paths = paths_from_args(args, parser)
-    try:
-        data = read_dataset(paths, args.splits)
-        problems = [p.detail for d in data.values() for p in d.problems]
-        if problems and args.on_bad_image == "error":
-            raise DataValidationError([*problems, "(use --on-bad-image skip to skip these images)"])
-    except DataValidationError as err:
-        print(f"validate-data: {err}", file=sys.stderr)
-        return 1
-    except (pickle.UnpicklingError, OSError) as err:  # refused/corrupt pickle, unreadable file
-        print(f"validate-data: {err}", file=sys.stderr)
-        return 2
-    summary = {
+def validation_report(paths: DataPaths, data: dict[str, SplitData]) -> dict[str, object]:
+    """The ``validate-data`` report: where the data lives and :func:`summarize` of it."""
+    return {
         "cub_dir": str(paths.cub_dir),
         "bundle_dir": str(paths.bundle_dir),
         "splits": summarize(data),
     }
-    for split, d in data.items():
-        for w in d.warnings:
-            log.warning("%s", w)
-        log.info(
-            "%s: %d images, %d classes, %d skipped",
-            split,
-            len(d.samples),
-            len({s.class_id for s in d.samples}),
-            len(d.problems),
-        )
-    if args.report:
-        from stackgan.fileio import write_json
-
-        write_json(args.report, summary)
-    else:
-        print(json.dumps(summary, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -18,7 +18,6 @@ Guarantees:
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import itertools
@@ -49,8 +48,6 @@ from stackgan.data.cub import (
     Problem,
     Sample,
     SplitData,
-    add_path_arguments,
-    paths_from_args,
     read_dataset,
 )
 from stackgan.data.tarstream import BLOCK, end_of_archive, ustar_header
@@ -385,6 +382,129 @@ def _plan_split(data: SplitData, opts: ShardOptions) -> tuple[list[Sample], list
     return ordered, jobs
 
 
+def _open_outputs(
+    out: Path, split: str, per_shard: int
+) -> tuple[dict[int, Path], dict[int, _ShardSet]]:
+    """Clear the split's old sets and index; a shard writer per resolution."""
+    sets = {res: out / fmt.set_name(split, res) for res in fmt.RESOLUTIONS}
+    for res, d in sets.items():
+        _clear_set(d, split, res)
+    (out / fmt.index_name(split)).unlink(missing_ok=True)
+    writers = {res: _ShardSet(d, split, res, per_shard) for res, d in sets.items()}
+    return sets, writers
+
+
+def _write_sample(
+    writers: dict[int, _ShardSet], sample: Sample, result: _Result, split: str, hr_ext: str
+) -> None:
+    """One processed image into both shard sets (image, embedding, class, metadata)."""
+    meta = {
+        "key": sample.key,
+        "index": sample.index,
+        "image_id": sample.image_id,
+        "class_id": sample.class_id,
+        "split": split,
+        "captions": list(sample.captions) if sample.captions is not None else None,
+        "bbox": list(sample.bbox) if sample.bbox is not None else None,
+        "crop_box": list(result.crop_box),
+        "orig_size": list(result.size),
+        "orig_mode": result.mode,
+    }
+    common = {
+        fmt.KEY_EMB: result.emb_npy,
+        fmt.KEY_CLS: str(sample.class_id).encode(),
+    }
+    key = fmt.sample_key(sample.index)
+    writers[64].write(
+        key, {fmt.KEY_PNG: result.lr, **common, fmt.KEY_JSON: _json(meta, LR_LOAD_SIZE)}
+    )
+    writers[256].write(key, {hr_ext: result.hr, **common, fmt.KEY_JSON: _json(meta, HR_LOAD_SIZE)})
+
+
+def _write_results(
+    results: Iterator[_Result],
+    count: int,
+    ordered: Sequence[Sample],
+    writers: dict[int, _ShardSet],
+    opts: ShardOptions,
+    split: str,
+    *,
+    progress: bool,
+    skipped: list[dict[str, object]],
+) -> dict[int, str]:
+    """Write the next ``count`` results into the shard sets; the sha256 of each written image.
+
+    A bad image raises under ``on_bad_image: error`` and is appended to ``skipped``
+    under ``skip``.
+    """
+    from tqdm import tqdm
+
+    by_index = {s.index: s for s in ordered}
+    hr_ext = fmt.KEY_JPG if opts.hr_format == "jpeg" else fmt.KEY_PNG
+    digests: dict[int, str] = {}
+    bar = tqdm(
+        total=count,
+        desc=f"{split} shards",
+        unit="img",
+        disable=not progress,
+        file=sys.stderr,
+    )
+    for result in itertools.islice(results, count):
+        bar.update(1)
+        sample = by_index[result.index]
+        if result.error is not None:
+            if opts.on_bad_image == "error":
+                raise DataValidationError(
+                    [
+                        f"{result.error} (key {sample.key!r}, index {sample.index}); "
+                        "set on_bad_image: skip to skip it"
+                    ]
+                )
+            log.warning("skipping %s: %s", sample.key, result.error)
+            skipped.append(Problem(sample.index, sample.key, "bad_image", result.error).as_dict())
+            continue
+        digests[result.index] = result.sha256
+        _write_sample(writers, sample, result, split, hr_ext)
+    bar.close()
+    return digests
+
+
+def _write_manifests(
+    out: Path,
+    data: SplitData,
+    opts: ShardOptions,
+    sets: dict[int, Path],
+    shards: dict[int, list[dict[str, object]]],
+    written: Sequence[Sample],
+    per_shard: int,
+    inputs: dict[str, str],
+    skipped: list[dict[str, object]],
+) -> None:
+    """Each set's ``manifest.json``, written last (a set without one is incomplete)."""
+    split = data.split
+    hr_ext = fmt.KEY_JPG if opts.hr_format == "jpeg" else fmt.KEY_PNG
+    for res, d in sets.items():
+        manifest = {
+            "format_version": fmt.FORMAT_VERSION,
+            "stackgan_version": __version__,
+            "set": fmt.set_name(split, res),
+            "split": split,
+            "resolution": res,
+            "load_size": fmt.LOAD_SIZES[res],
+            "image_member": fmt.KEY_PNG if res == 64 else hr_ext,
+            "num_samples": sum(int(s["count"]) for s in shards[res]),  # type: ignore[call-overload]
+            "num_classes": len({s.class_id for s in written}),
+            "samples_per_shard": per_shard,
+            "shards": shards[res],
+            "index_file": fmt.index_name(split),
+            "index_sha256": sha256_file(out / fmt.index_name(split)),
+            "preprocessing": opts.manifest_params(),
+            "inputs": inputs,
+            "skipped": skipped,
+        }
+        write_json(d / fmt.MANIFEST, manifest)
+
+
 def build_split(
     data: SplitData,
     out_dir: str | Path,
@@ -411,66 +531,12 @@ def build_split(
         results = _bounded_imap(jobs, opts.workers)
     skipped: list[dict[str, object]] = [p.as_dict() for p in data.problems]
     per_shard = samples_per_shard(len(ordered), opts)
-    sets = {res: out / fmt.set_name(split, res) for res in fmt.RESOLUTIONS}
-    for res, d in sets.items():
-        _clear_set(d, split, res)
-    (out / fmt.index_name(split)).unlink(missing_ok=True)
-    writers = {res: _ShardSet(d, split, res, per_shard) for res, d in sets.items()}
-    by_index = {s.index: s for s in ordered}
-    digests: dict[int, str] = {}
+    sets, writers = _open_outputs(out, split, per_shard)
     start = time.perf_counter()
-    hr_ext = fmt.KEY_JPG if opts.hr_format == "jpeg" else fmt.KEY_PNG
     try:
-        from tqdm import tqdm
-
-        bar = tqdm(
-            total=len(jobs),
-            desc=f"{split} shards",
-            unit="img",
-            disable=not progress,
-            file=sys.stderr,
+        digests = _write_results(
+            results, len(jobs), ordered, writers, opts, split, progress=progress, skipped=skipped
         )
-        for result in itertools.islice(results, len(jobs)):
-            bar.update(1)
-            sample = by_index[result.index]
-            if result.error is not None:
-                if opts.on_bad_image == "error":
-                    raise DataValidationError(
-                        [
-                            f"{result.error} (key {sample.key!r}, index {sample.index}); "
-                            "set on_bad_image: skip to skip it"
-                        ]
-                    )
-                log.warning("skipping %s: %s", sample.key, result.error)
-                skipped.append(
-                    Problem(sample.index, sample.key, "bad_image", result.error).as_dict()
-                )
-                continue
-            digests[result.index] = result.sha256
-            meta = {
-                "key": sample.key,
-                "index": sample.index,
-                "image_id": sample.image_id,
-                "class_id": sample.class_id,
-                "split": split,
-                "captions": list(sample.captions) if sample.captions is not None else None,
-                "bbox": list(sample.bbox) if sample.bbox is not None else None,
-                "crop_box": list(result.crop_box),
-                "orig_size": list(result.size),
-                "orig_mode": result.mode,
-            }
-            common = {
-                fmt.KEY_EMB: result.emb_npy,
-                fmt.KEY_CLS: str(sample.class_id).encode(),
-            }
-            key = fmt.sample_key(sample.index)
-            writers[64].write(
-                key, {fmt.KEY_PNG: result.lr, **common, fmt.KEY_JSON: _json(meta, LR_LOAD_SIZE)}
-            )
-            writers[256].write(
-                key, {hr_ext: result.hr, **common, fmt.KEY_JSON: _json(meta, HR_LOAD_SIZE)}
-            )
-        bar.close()
         shards = {res: w.finish() for res, w in writers.items()}
     except BaseException:
         for w in writers.values():
@@ -482,26 +548,7 @@ def build_split(
     write_index(out / fmt.index_name(split), data, written)
     inputs = input_checksums(data, digests)
     skipped.sort(key=lambda d: int(d["index"]))  # type: ignore[call-overload]
-    for res, d in sets.items():
-        manifest = {
-            "format_version": fmt.FORMAT_VERSION,
-            "stackgan_version": __version__,
-            "set": fmt.set_name(split, res),
-            "split": split,
-            "resolution": res,
-            "load_size": fmt.LOAD_SIZES[res],
-            "image_member": fmt.KEY_PNG if res == 64 else hr_ext,
-            "num_samples": sum(int(s["count"]) for s in shards[res]),  # type: ignore[call-overload]
-            "num_classes": len({s.class_id for s in written}),
-            "samples_per_shard": per_shard,
-            "shards": shards[res],
-            "index_file": fmt.index_name(split),
-            "index_sha256": sha256_file(out / fmt.index_name(split)),
-            "preprocessing": opts.manifest_params(),
-            "inputs": inputs,
-            "skipped": skipped,
-        }
-        write_json(d / fmt.MANIFEST, manifest)
+    _write_manifests(out, data, opts, sets, shards, written, per_shard, inputs, skipped)
     seconds = time.perf_counter() - start
     log.info(
         "%s: %d samples in %d+%d shards, %d skipped, %.1f s (%.0f img/s)",
@@ -545,65 +592,10 @@ def build_shards(
         results.close()  # stops the pool if a split failed
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """``stackgan build-shards``: raw CUB (or twin) -> WebDataset shards + HDF5 index."""
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description="Bbox-crop, resize to the reference load sizes (76 and 304) and write "
-        "per-split WebDataset shard sets (<split>-64/, <split>-256/) with embeddings, an HDF5 "
-        "index and manifests.",
-    )
-    add_path_arguments(p)
-    p.add_argument(
-        "--out", type=Path, required=True, help="output directory for shard sets and indexes"
-    )
-    p.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
-    p.add_argument(
-        "--resize", choices=RESIZE_MODES, default=ShardOptions.resize, help="see stackgan.data.crop"
-    )
-    p.add_argument("--hr-format", choices=("jpeg", "png"), default=ShardOptions.hr_format)
-    p.add_argument("--jpeg-quality", type=int, default=ShardOptions.jpeg_quality)
-    p.add_argument("--min-shards", type=int, default=ShardOptions.min_shards)
-    p.add_argument("--max-per-shard", type=int, default=ShardOptions.max_per_shard)
-    p.add_argument("--shuffle-seed", type=int, default=ShardOptions.shuffle_seed)
-    p.add_argument("--on-bad-image", choices=("error", "skip"), default=ShardOptions.on_bad_image)
-    p.add_argument(
-        "--workers", type=int, default=min(2, os.cpu_count() or 1), help="image processes"
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    paths = paths_from_args(args, p)
-    try:
-        opts = ShardOptions(
-            resize=args.resize,
-            hr_format=args.hr_format,
-            jpeg_quality=args.jpeg_quality,
-            min_shards=args.min_shards,
-            max_per_shard=args.max_per_shard,
-            shuffle_seed=args.shuffle_seed,
-            on_bad_image=args.on_bad_image,
-            workers=args.workers,
-        )
-    except ValueError as err:
-        p.error(str(err))
-    try:
-        build_shards(paths, args.out, opts, args.splits, progress=not args.quiet)
-    except DataValidationError as err:
-        print(f"build-shards: {err}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
 __all__ = [
     "ShardOptions",
     "build_shards",
     "build_split",
-    "main",
     "samples_per_shard",
     "write_index",
 ]

@@ -14,10 +14,7 @@ arguments (same seed -> identical bytes).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import logging
-import os
 import re
 import sys
 import time
@@ -31,8 +28,6 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from stackgan.data.pickles import dump_py2_pickle
 from stackgan.fileio import atomic_open, write_json
-
-log = logging.getLogger(__name__)
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (205, 30, 35),
@@ -256,13 +251,27 @@ def _shade(rgb: tuple[int, int, int], factor: float) -> tuple[int, int, int]:
     return tuple(int(max(0, min(255, v * factor))) for v in rgb)  # type: ignore[return-value]
 
 
-def _draw_bird(job: _ImageJob) -> tuple[Image.Image, tuple[float, float, float, float]]:
-    rng = np.random.default_rng([job.spec.seed, job.seed, job.image_id])
-    spec, c = job.spec, job.twin_class
-    aspect = rng.uniform(0.75, 1.33)
-    width = int(rng.integers(spec.min_side, spec.max_side + 1))
-    height = int(np.clip(round(width / aspect), spec.min_side, spec.max_side))
-    # Background: a vertical two-colour gradient with blurred "foliage" blobs and noise.
+Box = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class _Bird:
+    """A bird placed on the canvas: body centre, body size, facing and extents."""
+
+    cx: float
+    cy: float
+    bw: float  # body length
+    bh: float  # body height
+    head_r: float
+    facing: int  # 1: head to the right, -1: to the left
+    ext_left: float
+    ext_right: float
+    ext_up: float
+    ext_down: float
+
+
+def _background(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    """A vertical two-colour gradient with blurred "foliage" blobs."""
     top, bottom = rng.integers(40, 200, size=3), rng.integers(30, 170, size=3)
     t = np.linspace(0.0, 1.0, height)[:, None, None]
     bg = (1 - t) * top[None, None, :] + t * bottom[None, None, :]
@@ -277,11 +286,44 @@ def _draw_bird(job: _ImageJob) -> tuple[Image.Image, tuple[float, float, float, 
         )
         col = tuple(int(v) for v in rng.integers(20, 140, size=3))
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=col)
-    canvas = canvas.filter(ImageFilter.GaussianBlur(radius=4))
-    draw = ImageDraw.Draw(canvas)
+    return canvas.filter(ImageFilter.GaussianBlur(radius=4))
 
-    # Bird geometry in a local frame (body length L), then placed on the canvas.
-    scale = SIZE_SCALE[c.size] * rng.uniform(0.85, 1.1)
+
+def _border_centre(
+    rng: np.random.Generator,
+    width: int,
+    height: int,
+    ext: tuple[float, float, float, float],
+    bw: float,
+    bh: float,
+) -> tuple[float, float]:
+    """A body centre that makes the bird touch (or cross) one image border."""
+    ext_left, ext_right, ext_up, ext_down = ext
+    side = int(rng.integers(0, 4))
+    cx = (
+        ext_left
+        if side == 0
+        else width - ext_right
+        if side == 1
+        else rng.uniform(ext_left, width - ext_right)
+    )
+    cy = (
+        ext_up
+        if side == 2
+        else height - ext_down
+        if side == 3
+        else rng.uniform(ext_up, height - ext_down)
+    )
+    cx += (-1 if side == 0 else 1 if side == 1 else 0) * rng.uniform(0, bw * 0.2)
+    cy += (-1 if side == 2 else 1 if side == 3 else 0) * rng.uniform(0, bh * 0.2)
+    return cx, cy
+
+
+def _place_bird(
+    rng: np.random.Generator, spec: TwinSpec, size: str, width: int, height: int
+) -> _Bird:
+    """Bird geometry in a local frame (body length L), then placed on the canvas."""
+    scale = SIZE_SCALE[size] * rng.uniform(0.85, 1.1)
     length = scale * min(width, height) * 0.75
     ratio = rng.uniform(0.55, 0.7)
     facing = 1 if rng.random() < 0.5 else -1
@@ -290,35 +332,26 @@ def _draw_bird(job: _ImageJob) -> tuple[Image.Image, tuple[float, float, float, 
     k_up, k_down = ratio * (0.5 + 0.35 * 0.9), ratio * 0.75
     length = min(length, 0.9 * width / (k_head + k_tail), 0.9 * height / (k_up + k_down))
     bw, bh = length, length * ratio
-    head_r = bh * 0.35
     ext_left = bw * (k_head if facing < 0 else k_tail)
     ext_right = bw * (k_head if facing > 0 else k_tail)
     ext_up, ext_down = bw * k_up, bw * k_down
+    ext = (ext_left, ext_right, ext_up, ext_down)
     if rng.random() < spec.border_frac:  # touch (or cross) an image border
-        side = int(rng.integers(0, 4))
-        cx = (
-            ext_left
-            if side == 0
-            else width - ext_right
-            if side == 1
-            else rng.uniform(ext_left, width - ext_right)
-        )
-        cy = (
-            ext_up
-            if side == 2
-            else height - ext_down
-            if side == 3
-            else rng.uniform(ext_up, height - ext_down)
-        )
-        cx += (-1 if side == 0 else 1 if side == 1 else 0) * rng.uniform(0, bw * 0.2)
-        cy += (-1 if side == 2 else 1 if side == 3 else 0) * rng.uniform(0, bh * 0.2)
+        cx, cy = _border_centre(rng, width, height, ext, bw, bh)
     else:
         cx = rng.uniform(ext_left, max(ext_left + 1, width - ext_right))
         cy = rng.uniform(ext_up, max(ext_up + 1, height - ext_down))
+    return _Bird(cx, cy, bw, bh, bh * 0.35, facing, *ext)
 
-    body, wing = COLOURS[c.body], COLOURS[c.wing]
-    body = tuple(int(np.clip(v + rng.normal(0, 6), 0, 255)) for v in body)
-    wing = tuple(int(np.clip(v + rng.normal(0, 6), 0, 255)) for v in wing)
+
+def _paint_bird(
+    draw: ImageDraw.ImageDraw,
+    b: _Bird,
+    body: tuple[int, int, int],
+    wing: tuple[int, int, int],
+) -> None:
+    """Tail, body, legs, wing, head, eye and beak (no random draws)."""
+    cx, cy, bw, bh, head_r, facing = b.cx, b.cy, b.bw, b.bh, b.head_r, b.facing
     # tail (wing colour), behind the body
     tail_x = cx - facing * bw / 2
     draw.polygon(
@@ -355,19 +388,37 @@ def _draw_bird(job: _ImageJob) -> tuple[Image.Image, tuple[float, float, float, 
         fill=(70, 60, 20),
     )
 
-    x0, x1 = max(0.0, cx - ext_left), min(float(width), cx + ext_right)
-    y0, y1 = max(0.0, cy - ext_up), min(float(height), cy + ext_down)
+
+def _bbox(rng: np.random.Generator, b: _Bird, width: int, height: int) -> Box:
+    """The CUB-style box of the bird: whole pixels written as floats, sometimes a .5 width."""
+    x0, x1 = max(0.0, b.cx - b.ext_left), min(float(width), b.cx + b.ext_right)
+    y0, y1 = max(0.0, b.cy - b.ext_up), min(float(height), b.cy + b.ext_down)
+    frac = 0.5 if rng.random() < 0.3 else 0.0
+    bbox = (float(int(x0)), float(int(y0)), float(int(x1 - x0)) + frac, float(int(y1 - y0)))
+    return (bbox[0], bbox[1], min(bbox[2], width - bbox[0]), min(bbox[3], height - bbox[1]))
+
+
+def _draw_bird(job: _ImageJob) -> tuple[Image.Image, Box]:
+    """Draw one image and its bounding box (the random draws are in a fixed order)."""
+    rng = np.random.default_rng([job.spec.seed, job.seed, job.image_id])
+    spec, c = job.spec, job.twin_class
+    aspect = rng.uniform(0.75, 1.33)
+    width = int(rng.integers(spec.min_side, spec.max_side + 1))
+    height = int(np.clip(round(width / aspect), spec.min_side, spec.max_side))
+    canvas = _background(rng, width, height)
+    draw = ImageDraw.Draw(canvas)
+    bird = _place_bird(rng, spec, c.size, width, height)
+    body = tuple(int(np.clip(v + rng.normal(0, 6), 0, 255)) for v in COLOURS[c.body])
+    wing = tuple(int(np.clip(v + rng.normal(0, 6), 0, 255)) for v in COLOURS[c.wing])
+    _paint_bird(draw, bird, body, wing)  # type: ignore[arg-type]
     arr = np.asarray(canvas).astype(np.int16)
     arr += rng.normal(0, 5, size=arr.shape).astype(np.int16)
     canvas = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
     # CUB boxes are whole pixels written as floats; keep a fractional part sometimes.
-    frac = 0.5 if rng.random() < 0.3 else 0.0
-    bbox = (float(int(x0)), float(int(y0)), float(int(x1 - x0)) + frac, float(int(y1 - y0)))
-    bbox = (bbox[0], bbox[1], min(bbox[2], width - bbox[0]), min(bbox[3], height - bbox[1]))
-    return canvas, bbox
+    return canvas, _bbox(rng, bird, width, height)
 
 
-def _render(job: _ImageJob) -> tuple[int, tuple[float, float, float, float], str]:
+def _render(job: _ImageJob) -> tuple[int, Box, str]:
     """Draw, colour-convert and save one JPEG; return (image_id, bbox, mode)."""
     image, bbox = _draw_bird(job)
     rng = np.random.default_rng([job.spec.seed, job.image_id, 99])
@@ -386,8 +437,10 @@ def _render(job: _ImageJob) -> tuple[int, tuple[float, float, float, float], str
 
 # --------------------------------------------------------------------------- writer
 
+_PlanItem = tuple[TwinClass, int, int, str]  # (class, image_id, index within class, key)
 
-def _plan(spec: TwinSpec) -> list[tuple[TwinClass, int, int, str]]:
+
+def _plan(spec: TwinSpec) -> list[_PlanItem]:
     """(class, image_id, index within class, key) for every image, in CUB id order."""
     items = []
     image_id = 1
@@ -397,6 +450,79 @@ def _plan(spec: TwinSpec) -> list[tuple[TwinClass, int, int, str]]:
             items.append((c, image_id, n, key))
             image_id += 1
     return items
+
+
+def _render_all(jobs: list[_ImageJob], workers: int, progress: bool) -> dict[int, tuple[Box, str]]:
+    """Render every image (in ``workers`` processes); ``{image_id: (bbox, mode)}``."""
+    results: dict[int, tuple[Box, str]] = {}
+    iterator: Iterable[tuple[int, Box, str]]
+    if workers > 1:
+        pool = ProcessPoolExecutor(max_workers=workers)
+        iterator = pool.map(_render, jobs, chunksize=16)
+    else:
+        pool = None
+        iterator = map(_render, jobs)
+    try:
+        from tqdm import tqdm
+
+        for image_id, bbox, mode in tqdm(
+            iterator, total=len(jobs), desc="twin images", disable=not progress, file=sys.stderr
+        ):
+            results[image_id] = (bbox, mode)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return results
+
+
+def _write_cub_files(
+    cub: Path, spec: TwinSpec, items: list[_PlanItem], results: dict[int, tuple[Box, str]]
+) -> None:
+    """The CUB_200_2011 text files: images, boxes, labels, classes, train/test split."""
+    with atomic_open(cub / "images.txt", "w", encoding="utf-8", newline="\n") as fh:
+        fh.writelines(f"{iid} {key}.jpg\n" for _, iid, _, key in items)
+    with atomic_open(cub / "bounding_boxes.txt", "w", encoding="utf-8", newline="\n") as fh:
+        fh.writelines(
+            f"{iid} {' '.join(f'{v:.1f}' for v in results[iid][0])}\n" for _, iid, _, _ in items
+        )
+    with atomic_open(cub / "image_class_labels.txt", "w", encoding="utf-8", newline="\n") as fh:
+        fh.writelines(f"{iid} {c.class_id}\n" for c, iid, _, _ in items)
+    with atomic_open(cub / "classes.txt", "w", encoding="utf-8", newline="\n") as fh:
+        fh.writelines(f"{c.class_id} {c.dirname}\n" for c in make_classes(spec))
+    with atomic_open(cub / "train_test_split.txt", "w", encoding="utf-8", newline="\n") as fh:
+        fh.writelines(f"{iid} {int(split_of(c) == 'train')}\n" for c, iid, _, _ in items)
+
+
+def _write_split_bundle(
+    out: Path,
+    spec: TwinSpec,
+    split: str,
+    items: list[_PlanItem],
+    attributes: dict[str, dict[str, str]],
+) -> None:
+    """One split of the birds bundle: caption files and the three pickles.
+
+    Adds each image's attributes to ``attributes`` (in image order).
+    """
+    rows = [it for it in items if split_of(it[0]) == split]
+    keys, class_ids, embeddings = [], [], []
+    for c, iid, _, key in rows:
+        rng = np.random.default_rng([spec.seed, iid, 1])
+        captions = make_captions(c, rng)
+        cap_path = out / "text_c10" / f"{key}.txt"
+        cap_path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(cap_path, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write("\n".join(captions) + "\n")
+        emb = np.stack([embed_caption(cap) for cap in captions])
+        emb += rng.normal(0.0, spec.noise, size=emb.shape)
+        keys.append(key)
+        class_ids.append(c.class_id)
+        embeddings.append(emb.astype(np.float32))
+        attributes[key] = {"body": c.body, "wing": c.wing, "size": c.size, "split": split}
+    (out / split).mkdir(parents=True, exist_ok=True)
+    dump_py2_pickle(keys, out / split / "filenames.pickle")
+    dump_py2_pickle(class_ids, out / split / "class_info.pickle")
+    dump_py2_pickle(embeddings, out / split / "char-CNN-RNN-embeddings.pickle")
 
 
 def write_twin(
@@ -416,60 +542,11 @@ def write_twin(
         _ImageJob(iid, c, f"{key}.jpg", n, spec, str(cub / "images")) for c, iid, n, key in items
     ]
     start = time.perf_counter()
-    results: dict[int, tuple[tuple[float, float, float, float], str]] = {}
-    iterator: Iterable[tuple[int, tuple[float, float, float, float], str]]
-    if workers > 1:
-        pool = ProcessPoolExecutor(max_workers=workers)
-        iterator = pool.map(_render, jobs, chunksize=16)
-    else:
-        pool = None
-        iterator = map(_render, jobs)
-    try:
-        from tqdm import tqdm
-
-        for image_id, bbox, mode in tqdm(
-            iterator, total=len(jobs), desc="twin images", disable=not progress, file=sys.stderr
-        ):
-            results[image_id] = (bbox, mode)
-    finally:
-        if pool is not None:
-            pool.shutdown()
-
-    with atomic_open(cub / "images.txt", "w", encoding="utf-8", newline="\n") as fh:
-        fh.writelines(f"{iid} {key}.jpg\n" for _, iid, _, key in items)
-    with atomic_open(cub / "bounding_boxes.txt", "w", encoding="utf-8", newline="\n") as fh:
-        fh.writelines(
-            f"{iid} {' '.join(f'{v:.1f}' for v in results[iid][0])}\n" for _, iid, _, _ in items
-        )
-    with atomic_open(cub / "image_class_labels.txt", "w", encoding="utf-8", newline="\n") as fh:
-        fh.writelines(f"{iid} {c.class_id}\n" for c, iid, _, _ in items)
-    with atomic_open(cub / "classes.txt", "w", encoding="utf-8", newline="\n") as fh:
-        fh.writelines(f"{c.class_id} {c.dirname}\n" for c in make_classes(spec))
-    with atomic_open(cub / "train_test_split.txt", "w", encoding="utf-8", newline="\n") as fh:
-        fh.writelines(f"{iid} {int(split_of(c) == 'train')}\n" for c, iid, _, _ in items)
-
+    results = _render_all(jobs, workers, progress)
+    _write_cub_files(cub, spec, items, results)
     attributes: dict[str, dict[str, str]] = {}
     for split in ("train", "test"):
-        rows = [it for it in items if split_of(it[0]) == split]
-        keys, class_ids, embeddings = [], [], []
-        for c, iid, _, key in rows:
-            rng = np.random.default_rng([spec.seed, iid, 1])
-            captions = make_captions(c, rng)
-            cap_path = out / "text_c10" / f"{key}.txt"
-            cap_path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_open(cap_path, "w", encoding="utf-8", newline="\n") as fh:
-                fh.write("\n".join(captions) + "\n")
-            emb = np.stack([embed_caption(cap) for cap in captions])
-            emb += rng.normal(0.0, spec.noise, size=emb.shape)
-            keys.append(key)
-            class_ids.append(c.class_id)
-            embeddings.append(emb.astype(np.float32))
-            attributes[key] = {"body": c.body, "wing": c.wing, "size": c.size, "split": split}
-        (out / split).mkdir(parents=True, exist_ok=True)
-        dump_py2_pickle(keys, out / split / "filenames.pickle")
-        dump_py2_pickle(class_ids, out / split / "class_info.pickle")
-        dump_py2_pickle(embeddings, out / split / "char-CNN-RNN-embeddings.pickle")
-
+        _write_split_bundle(out, spec, split, items, attributes)
     write_json(out / "twin_attributes.json", attributes)
     modes = [m for _, m in results.values()]
     summary = {
@@ -482,77 +559,3 @@ def write_twin(
     }
     write_json(marker, {k: v for k, v in summary.items() if k != "seconds"})
     return summary
-
-
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """``stackgan make-twin``: write a synthetic CUB twin."""
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description="Write a synthetic CUB-200-2011 + birds-bundle twin (same layout and "
-        "byte formats) whose captions state body colour, wing colour and size of the drawn bird.",
-    )
-    p.add_argument(
-        "--out",
-        type=Path,
-        required=True,
-        help="output data root (CUB_200_2011/, train/, test/, text_c10/)",
-    )
-    p.add_argument(
-        "--classes",
-        type=int,
-        default=TwinSpec.num_classes,
-        help="number of classes (3:1 train/test)",
-    )
-    p.add_argument("--images-per-class", type=int, default=TwinSpec.images_per_class)
-    p.add_argument("--seed", type=int, default=TwinSpec.seed)
-    p.add_argument(
-        "--min-side", type=int, default=TwinSpec.min_side, help="smallest image side in pixels"
-    )
-    p.add_argument(
-        "--max-side", type=int, default=TwinSpec.max_side, help="largest image side in pixels"
-    )
-    p.add_argument("--grayscale-frac", type=float, default=TwinSpec.grayscale_frac)
-    p.add_argument("--cmyk-frac", type=float, default=TwinSpec.cmyk_frac)
-    p.add_argument(
-        "--border-frac",
-        type=float,
-        default=TwinSpec.border_frac,
-        help="share of boxes touching a border",
-    )
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=min(2, os.cpu_count() or 1),
-        help="processes used to draw images",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        spec = TwinSpec(
-            num_classes=args.classes,
-            images_per_class=args.images_per_class,
-            seed=args.seed,
-            min_side=args.min_side,
-            max_side=args.max_side,
-            grayscale_frac=args.grayscale_frac,
-            cmyk_frac=args.cmyk_frac,
-            border_frac=args.border_frac,
-        )
-    except ValueError as err:
-        p.error(str(err))
-    summary = write_twin(spec, args.out, workers=args.workers, progress=not args.quiet)
-    log.info(
-        "twin written to %s: %d images (%d train / %d test), modes %s, %.1f s",
-        args.out,
-        summary["images"],
-        summary["splits"]["train"],
-        summary["splits"]["test"],
-        summary["modes"],
-        summary["seconds"],
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -159,7 +159,7 @@ def test_validate_data_refuses_an_unsafe_pickle_with_one_line_naming_the_file(tw
     """The CLI turns a refused pickle into one line and exit code 2, not a traceback."""
     import pickle
 
-    from stackgan.data.cub import main
+    from stackgan.cli.validate_data import main
 
     target = twin_copy / "train" / "filenames.pickle"
     target.write_bytes(pickle.dumps(_Evil(), protocol=2))

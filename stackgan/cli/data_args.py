@@ -1,0 +1,32 @@
+"""Data-path arguments shared by the data commands (``validate-data``, ``build-shards``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from stackgan.data.cub import DataPaths
+
+
+def add_path_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--root`` or ``--cub-dir``/``--bundle-dir`` (shared by data commands)."""
+    parser.add_argument(
+        "--root",
+        type=Path,
+        help="StackGAN data root holding CUB_200_2011/, train/, test/, text_c10/",
+    )
+    parser.add_argument(
+        "--cub-dir", type=Path, help="CUB_200_2011 directory (default: <root>/CUB_200_2011)"
+    )
+    parser.add_argument("--bundle-dir", type=Path, help="birds bundle directory (default: <root>)")
+
+
+def paths_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> DataPaths:
+    """Resolve :class:`DataPaths` from parsed CLI arguments (a usage error if incomplete)."""
+    if args.root is None and (args.cub_dir is None or args.bundle_dir is None):
+        parser.error("give --root, or both --cub-dir and --bundle-dir")
+    base = DataPaths.from_root(args.root) if args.root is not None else None
+    return DataPaths(
+        cub_dir=args.cub_dir or base.cub_dir,  # type: ignore[union-attr]
+        bundle_dir=args.bundle_dir or base.bundle_dir,  # type: ignore[union-attr]
+    )
