@@ -1,4 +1,4 @@
-"""Training throughput of the real loop (stackgan.training_loop) on synthetic batches.
+"""Training throughput of the real loop (stackgan.training.loop) on synthetic batches.
 
 Every configuration runs in a fresh subprocess (clean peak-RSS reading): build the full-
 size networks, run warm-up steps, then time each step. Reports img/s (median over the
@@ -74,11 +74,11 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     from stackgan import distributed as dist_utils
-    from stackgan.checkpoint import save_network
     from stackgan.config import RunConfig, from_dict, to_dict
+    from stackgan.networkfile import NetworkFile, write_network
     from stackgan.runtime import tune_allocator
     from stackgan.stages import build_stage
-    from stackgan.training_loop import training_loop
+    from stackgan.training.loop import training_loop
 
     tune_allocator()
     info = dist_utils.init()
@@ -105,9 +105,9 @@ def worker(args: argparse.Namespace) -> None:
         g1 = build_stage(cfg1).G
         stage1_file = tmp / "stage1.pt"
         if info.is_main:
-            save_network(
+            write_network(
                 stage1_file,
-                {"stage": 1, "step": 0, "model": to_dict(cfg1.model), "G": g1.state_dict()},
+                NetworkFile(stage=1, step=0, model=to_dict(cfg1.model), G=g1.state_dict()),
             )
         dist_utils.barrier()
     cfg = from_dict(RunConfig, {"stage": args.stage, "model": model, "train": train})

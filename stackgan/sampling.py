@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from stackgan.checkpoint import load_network
-from stackgan.config import ModelConfig, from_dict
+from stackgan.config import ModelConfig
+from stackgan.networkfile import read_network
 from stackgan.networks import build_networks
+from stackgan.stages import StackedGenerator
 
 
 @dataclass
@@ -48,26 +49,20 @@ class Sampler(nn.Module):
         cls, path: str | Path, *, use_ema: bool = True, device: torch.device | str = "cpu"
     ) -> Sampler:
         """Load a network file; ``use_ema`` picks the EMA generator when the file has one."""
-        payload = load_network(path)
-        stage = int(payload["stage"])
-        model = from_dict(ModelConfig, payload["model"], prefix="network model")
-        weights = payload["G_ema"] if use_ema and payload.get("G_ema") is not None else payload["G"]
+        net = read_network(path)
+        stage = int(net.stage)
+        model = net.model_config(prefix="network model")
+        weights, weights_name = net.generator_weights(use_ema)
         if stage == 1:
             g1, _ = build_networks(model, 1)
             g1.load_state_dict(weights)
             g2 = None
         else:
-            g1_model = from_dict(ModelConfig, payload["stage1_model"], prefix="stage1 model")
-            g1, _ = build_networks(g1_model, 1)
-            g1.load_state_dict(payload["G1"])
+            g1, _ = build_networks(net.stage1_model_config(prefix="stage1 model"), 1)
+            g1.load_state_dict(net.stage1_weights())
             g2, _ = build_networks(model, 2)
             g2.load_state_dict(weights)
-        meta = {
-            "path": str(path),
-            "stage": stage,
-            "step": payload.get("step"),
-            "weights": "G_ema" if weights is payload.get("G_ema") else "G",
-        }
+        meta = {"path": str(path), "stage": stage, "step": net.step, "weights": weights_name}
         return cls(stage, model, g1, g2, meta).to(device)
 
     @property
@@ -102,7 +97,7 @@ class Sampler(nn.Module):
                     if self.g2 is None:
                         self.g1(emb, z)
                     else:
-                        self.g2(self.g1(emb, z)[0], emb)
+                        StackedGenerator(self.g1, self.g2)(emb, z)
         finally:
             for m, momentum in zip(norms, momenta, strict=True):
                 m.momentum = momentum
@@ -110,14 +105,16 @@ class Sampler(nn.Module):
 
     @property
     def resolution(self) -> int:
+        """Side of the final images in pixels."""
         return 64 if self.g2 is None else 256
 
     @torch.no_grad()
     def forward(self, emb: torch.Tensor, z: torch.Tensor) -> Samples:
-        low, _, _ = self.g1(emb, z)
+        """Stage-I and final images for ``emb`` [B, text_dim] and ``z`` [B, z_dim]."""
         if self.g2 is None:
+            low, _, _ = self.g1(emb, z)
             return Samples(low, low)
-        high, _, _ = self.g2(low, emb)
+        (high, _, _), low = StackedGenerator(self.g1, self.g2).forward_with_input(emb, z)
         return Samples(low, high)
 
     def sample_chunk(self, emb: torch.Tensor, chunk: int, seed: int) -> Samples:

@@ -3,7 +3,8 @@
 The training loop is written once; it receives a :class:`Stage` and calls
 ``stage.generate(G, emb, z)``. Stage-II owns a *frozen* Stage-I generator that is never
 wrapped in DDP, never optimised and runs under ``no_grad``; its output is detached
-before it reaches the Stage-II generator.
+before it reaches the Stage-II generator. :class:`StackedGenerator` is that composition,
+the one place it is written (training, sampling and the FLOP count use it).
 """
 
 from __future__ import annotations
@@ -16,14 +17,42 @@ from typing import Any
 import torch
 from torch import nn
 
-from stackgan.checkpoint import CheckpointError, load_network
-from stackgan.config import ConfigError, ModelConfig, RunConfig, from_dict, to_dict
+from stackgan.checkpoint import CheckpointError
+from stackgan.config import ConfigError, ModelConfig, RunConfig, to_dict
 from stackgan.fileio import sha256_file
+from stackgan.networkfile import cpu_state, read_network
 from stackgan.networks import build_networks
 
 log = logging.getLogger(__name__)
 
 GenOut = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (fake, mu, logvar)
+
+
+class StackedGenerator(nn.Module):
+    """Stage-II generation: the frozen Stage-I ``g1`` under ``no_grad``, then ``g2``.
+
+    ``forward(emb, z)`` returns what ``g2`` returns, ``(fake, mu, logvar)``;
+    :meth:`forward_with_input` also returns the detached Stage-I image [B, 3, 64, 64].
+    """
+
+    def __init__(self, g1: nn.Module, g2: nn.Module) -> None:
+        super().__init__()
+        self.g1, self.g2 = g1, g2
+
+    def stage1(self, emb: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The Stage-I image, without gradient."""
+        with torch.no_grad():
+            low, _, _ = self.g1(emb, z)  # [B, 3, 64, 64]
+        return low.detach()
+
+    def forward_with_input(self, emb: torch.Tensor, z: torch.Tensor) -> tuple[Any, torch.Tensor]:
+        """(what ``g2`` returns, the Stage-I image it was made from)."""
+        low = self.stage1(emb, z)
+        return self.g2(low, emb), low
+
+    def forward(self, emb: torch.Tensor, z: torch.Tensor) -> Any:
+        """What ``g2`` returns for the Stage-I image of ``(emb, z)``."""
+        return self.forward_with_input(emb, z)[0]
 
 
 @dataclass
@@ -48,14 +77,13 @@ class Stage:
         """(fake, mu, logvar, Stage-I image the fake was made from; None for Stage-I)."""
         if self.frozen_g1 is None:
             return (*G(emb, z), None)
-        with torch.no_grad():
-            low, _, _ = self.frozen_g1(emb, z)  # [B, 3, 64, 64]
-        low = low.detach()
-        return (*G(low, emb), low)
+        out, low = StackedGenerator(self.frozen_g1, G).forward_with_input(emb, z)
+        return (*out, low)
 
     def to(
         self, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format
     ) -> Stage:
+        """Move every network to ``device`` (in ``memory_format``); returns the stage."""
         self.G.to(device=device, memory_format=memory_format)
         self.D.to(device=device, memory_format=memory_format)
         if self.frozen_g1 is not None:
@@ -66,7 +94,7 @@ class Stage:
         """Extra entries for the network file: Stage-II stores its (possibly drifted) Stage-I G."""
         payload = dict(self.extra_payload)
         if self.frozen_g1 is not None:
-            payload["G1"] = {k: v.detach().cpu() for k, v in self.frozen_g1.state_dict().items()}
+            payload["G1"] = cpu_state(self.frozen_g1)
         return payload
 
     def set_frozen_mode(self) -> None:
@@ -89,14 +117,14 @@ def load_stage1_generator(path: str | Path, model: ModelConfig) -> tuple[nn.Modu
     """
     path = Path(path)
     try:
-        payload = load_network(path)
+        net = read_network(path)
     except CheckpointError as err:
         raise ConfigError(f"stage1_generator: {err}") from err
-    if payload.get("stage") != 1:
+    if net.stage != 1:
         raise ConfigError(
-            f"stage1_generator: {path} is a Stage-{payload.get('stage')} network, expected Stage-I"
+            f"stage1_generator: {path} is a Stage-{net.stage} network, expected Stage-I"
         )
-    g1_cfg = from_dict(ModelConfig, payload["model"], prefix="stage1 network model")
+    g1_cfg = net.model_config(prefix="stage1 network model")
     for key in ("text_dim", "z_dim"):
         if getattr(g1_cfg, key) != getattr(model, key):
             raise ConfigError(
@@ -104,11 +132,11 @@ def load_stage1_generator(path: str | Path, model: ModelConfig) -> tuple[nn.Modu
                 f"run config has {getattr(model, key)}"
             )
     g1, _ = build_networks(g1_cfg, 1)
-    g1.load_state_dict(payload["G"])
+    g1.load_state_dict(net.G)
     info = {
         "path": str(path),
         "sha256": sha256_file(path),
-        "step": payload.get("step"),
+        "step": net.step,
         "model": to_dict(g1_cfg),
     }
     return freeze(g1), info

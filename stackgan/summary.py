@@ -1,4 +1,4 @@
-"""``stackgan summary``: parameter counts and FLOPs of the four StackGAN networks.
+"""Parameter counts and FLOPs of the four StackGAN networks (printed by ``stackgan summary``).
 
 FLOPs come from :class:`torch.utils.flop_counter.FlopCounterMode` (matmuls and
 convolutions, forward and backward; one multiply-add = 2 FLOPs; BatchNorm, activations,
@@ -11,16 +11,13 @@ device: no memory, no compute, exact counts for full-size networks in well under
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from stackgan.config import ConfigError, GStepFakes, LossConfig, ModelConfig, to_dict
+from stackgan.config import GStepFakes, LossConfig, ModelConfig, to_dict
 from stackgan.losses import mismatched_condition
 from stackgan.networks import build_networks, count_params, d_condition
 from stackgan.networks.blocks import set_fused_upsampling
@@ -108,6 +105,8 @@ def training_step_flops(
     """
     if batch < 2:
         raise ValueError(f"batch must be >= 2 (the mismatched pairs use B-1 rows), got {batch}")
+    from stackgan.stages import StackedGenerator
+
     loss_cfg = loss_cfg or LossConfig()
     ctx = StepContext(model=model_cfg, loss=loss_cfg)  # the references' separate D passes
     size = 64 if stage == 1 else 256
@@ -123,9 +122,7 @@ def training_step_flops(
     def generate() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if G1 is None:
             return G(emb, z)
-        with torch.no_grad():
-            low = G1(emb, z)[0]  # [B, 3, 64, 64]
-        return G(low, emb)
+        return StackedGenerator(G1, G)(emb, z)  # the frozen G1 under no_grad, then G
 
     fakes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
@@ -219,54 +216,3 @@ def format_summary(summary: dict[str, Any]) -> str:
         )
     lines.append(f"({summary['flop_convention']})")
     return "\n".join(lines)
-
-
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """The ``stackgan summary`` argument parser."""
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description="Parameter counts and FLOPs of the StackGAN networks of a preset.",
-    )
-    p.add_argument("--arch", choices=["paper", "pytorch"], default="paper")
-    for name in ("gf-dim", "df-dim", "cond-dim", "d-text-dim", "z-dim", "text-dim", "r-num"):
-        p.add_argument(f"--{name}", type=int, default=None, help="override the preset default")
-    p.add_argument("--batch", type=int, default=2, help="batch the FLOPs are counted on")
-    p.add_argument("--g-step-fakes", choices=["reuse", "redraw"], default="reuse")
-    p.add_argument(
-        "--device",
-        choices=["meta", "cpu"],
-        default="meta",
-        help="meta counts from shapes only (instant); cpu really runs the networks",
-    )
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    return p
-
-
-def _model_config(args: argparse.Namespace) -> ModelConfig:
-    overrides = {
-        key: getattr(args, key)
-        for key in ("gf_dim", "df_dim", "cond_dim", "d_text_dim", "z_dim", "text_dim", "r_num")
-        if getattr(args, key) is not None
-    }
-    if args.arch == "pytorch" and "cond_dim" in overrides:
-        overrides.setdefault("d_text_dim", overrides["cond_dim"])  # D is conditioned on mu
-    return ModelConfig(arch=args.arch, **overrides)
-
-
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """``stackgan summary``: print parameter counts and FLOPs; returns the exit code."""
-    args = build_parser(prog).parse_args(argv)
-    try:
-        model_cfg = _model_config(args)
-        if args.batch < 2:
-            raise ConfigError(f"--batch: must be >= 2, got {args.batch}")
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    result = summarize(model_cfg, args.batch, g_step_fakes=args.g_step_fakes, device=args.device)
-    print(json.dumps(result, indent=2) if args.json else format_summary(result))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -55,7 +55,7 @@ def write_config(path: Path, cfg: dict[str, Any]) -> Path:
 def train_args(cfg: Path, data: Path, workdir: Path, out: Path, *extra: str) -> list[str]:
     return [
         "-m",
-        "stackgan.train",
+        "stackgan.cli.train",
         "--config",
         str(cfg),
         "--data",

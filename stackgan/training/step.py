@@ -1,6 +1,6 @@
 """The D update and the G update of one StackGAN training step, as functions.
 
-The training loop (:mod:`stackgan.training_loop`) calls them with its DDP-wrapped D,
+The training loop (:mod:`stackgan.training.loop`) calls them with its DDP-wrapped D,
 autocast and gradient scaler; the FLOP counter (:mod:`stackgan.summary`) calls the same
 code on meta tensors. Optimiser steps, EMA and logging stay with the caller.
 

@@ -25,7 +25,7 @@ from stackgan.data.loader import spec_from_set, train_loader
 from stackgan.losses import d_loss
 from stackgan.networks import d_condition
 from stackgan.stages import build_stage
-from stackgan.training_loop import training_loop
+from stackgan.training.loop import training_loop
 from tests.helpers import run_config
 
 

@@ -14,8 +14,8 @@ import psutil
 import pytest
 import torch
 
-from stackgan.checkpoint import list_states
-from stackgan.training_loop import PREEMPTED_EXIT_CODE
+from stackgan.training.control import PREEMPTED_EXIT_CODE
+from stackgan.training.state import list_states
 from tests.helpers import (
     ROOT,
     assert_state_equal,

@@ -10,16 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from stackgan.checkpoint import load_network
 from stackgan.config import ConfigError, RunConfig, from_dict
 from stackgan.distributed import DistInfo
+from stackgan.networkfile import read_network
 from stackgan.stages import build_stage
-from stackgan.training_loop import (
-    NonFiniteLossError,
-    check_runtime_config,
-    learning_rates,
-    training_loop,
-)
+from stackgan.training.control import NonFiniteLossError
+from stackgan.training.loop import training_loop
+from stackgan.training.schedule import check_runtime_config, learning_rates
 from tests.helpers import TRAIN_METRICS, python_cmd, run, run_config, train_args, write_config
 
 
@@ -40,15 +37,13 @@ def test_short_training_moves_losses_and_stays_finite(stage1_network):
     )
     summary = json.loads((tmp / "m.json").read_text())
     assert summary["steps"] == 14 and summary["global_batch"] == 4
-    payload = load_network(out)
-    assert payload["stage"] == 1 and payload["step"] == 14
+    net = read_network(out)
+    assert net.stage == 1 and net.step == 14
     # the weights moved away from their initialisation
     torch.manual_seed(0)
     fresh = build_stage(from_dict(RunConfig, run_config(1))).G
     moved = [
-        not torch.equal(fresh.state_dict()[k], v)
-        for k, v in payload["G"].items()
-        if v.is_floating_point()
+        not torch.equal(fresh.state_dict()[k], v) for k, v in net.G.items() if v.is_floating_point()
     ]
     assert all(moved)
 
@@ -110,8 +105,9 @@ def test_stage2_keeps_stage1_frozen(stage1_network, tiny_shards, tmp_path, froze
         assert any(
             not torch.equal(g1_before[k], after[k]) for k in g1_before if "running_mean" in k
         )
-    payload = load_network(tmp_path / "n2.pt")
-    assert payload["stage"] == 2 and "G1" in payload and payload["stage1"]["sha256"]
+    net2 = read_network(tmp_path / "n2.pt")
+    assert net2.stage == 2 and net2.G1 is not None and net2.stage1["sha256"]
+    assert "G1" in net2.to_payload()
 
 
 def test_non_finite_loss_names_the_step(tiny_shards, tmp_path):
@@ -213,7 +209,7 @@ def test_generate_is_deterministic(stage1_network, tiny_shards, tmp_path):
             "--out",
             str(tmp_path / name),
         ]
-        run(python_cmd("-m", "stackgan.generate", *args))
+        run(python_cmd("-m", "stackgan.cli.generate", *args))
         outs.append({p.name: p.read_bytes() for p in sorted((tmp_path / name).glob("*.png"))})
     assert len(outs[0]) == 7  # 3 embeddings x 2 samples + grid
     assert outs[0] == outs[1]
@@ -227,7 +223,7 @@ def test_generate_from_npy(stage1_network, tmp_path):
     run(
         python_cmd(
             "-m",
-            "stackgan.generate",
+            "stackgan.cli.generate",
             "--network",
             str(stage1_network[0]),
             "--embeddings",

@@ -8,9 +8,10 @@ import sys
 
 import pytest
 
+from stackgan.cli.summary import main
 from stackgan.config import ModelConfig
 from stackgan.networks import build_networks, count_params
-from stackgan.summary import main, network_flops, training_step_flops
+from stackgan.summary import network_flops, training_step_flops
 
 TINY_ARGS = ["--gf-dim", "16", "--df-dim", "8", "--cond-dim", "16", "--text-dim", "32"]
 TINY_ARGS += ["--z-dim", "8", "--d-text-dim", "16"]
@@ -120,7 +121,7 @@ def test_cli_errors_and_pytorch_cond_dim_override(capsys):
 
 def test_module_entry_point():
     proc = subprocess.run(
-        [sys.executable, "-m", "stackgan.summary", "--arch", "pytorch", *TINY_ARGS, "--json"],
+        [sys.executable, "-m", "stackgan.cli.summary", "--arch", "pytorch", *TINY_ARGS, "--json"],
         capture_output=True,
         text=True,
         check=True,
