@@ -3,7 +3,10 @@
 Every component takes explicit arguments; these frozen dataclasses are the single
 home of training defaults. ``from_dict`` rejects unknown keys and names the bad key.
 Options marked "per preset" default to ``None`` and are resolved from the
-architecture preset (``paper`` = TensorFlow birds code, ``pytorch`` = StackGAN-Pytorch).
+architecture preset (``paper`` = TensorFlow birds code, ``pytorch`` = StackGAN-Pytorch)
+when read (``ModelConfig.resolved_*``, ``RunConfig.caption_mode``/``g_step_fakes``) and
+when written out (:func:`to_dict`); nothing is written back into a frozen object, so
+``dataclasses.replace(cfg, arch="pytorch")`` gets the pytorch defaults.
 """
 
 from __future__ import annotations
@@ -78,12 +81,6 @@ class ModelConfig:
             )
         _check(self.r_num >= 0, "model.r_num", f"must be >= 0, got {self.r_num}")
         _check(self.gf_dim % 8 == 0, "model.gf_dim", f"must be a multiple of 8, got {self.gf_dim}")
-        if self.ca_nonlinearity is None:
-            object.__setattr__(
-                self, "ca_nonlinearity", "leaky_relu" if self.arch == "paper" else "relu"
-            )
-        if self.uncond_head is None:
-            object.__setattr__(self, "uncond_head", self.arch == "pytorch")
         if self.arch == "pytorch":
             _check(
                 self.d_text_dim == self.cond_dim,
@@ -91,6 +88,26 @@ class ModelConfig:
                 "the pytorch arch conditions D on G's mu, so it must equal "
                 f"cond_dim={self.cond_dim}",
             )
+
+    # Options left None are read through these: the value given, else the architecture
+    # preset's. Nothing is written back, so dataclasses.replace(cfg, arch=...) re-resolves.
+    @property
+    def resolved_ca_nonlinearity(self) -> CaNonlinearity:
+        """The CA activation: as given, else leaky_relu (paper) / relu (pytorch)."""
+        if self.ca_nonlinearity is not None:
+            return self.ca_nonlinearity
+        return "leaky_relu" if self.arch == "paper" else "relu"
+
+    @property
+    def resolved_uncond_head(self) -> bool:
+        """Whether Stage-II D has an unconditional head: as given, else only for pytorch."""
+        return self.arch == "pytorch" if self.uncond_head is None else self.uncond_head
+
+    def _resolved_fields(self) -> dict[str, Any]:
+        return {
+            "ca_nonlinearity": self.resolved_ca_nonlinearity,
+            "uncond_head": self.resolved_uncond_head,
+        }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -298,14 +315,23 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check(self.stage in (1, 2), "stage", f"must be 1 or 2, got {self.stage}")
-        paper = self.model.arch == "paper"
-        resolved = {}
-        if self.train.caption_mode is None:
-            resolved["caption_mode"] = "mean4" if paper else "single"
-        if self.train.g_step_fakes is None:
-            resolved["g_step_fakes"] = "redraw" if paper else "reuse"
-        if resolved:
-            object.__setattr__(self, "train", dataclasses.replace(self.train, **resolved))
+
+    @property
+    def caption_mode(self) -> CaptionMode:
+        """``train.caption_mode`` as given, else mean4 (paper) / single (pytorch)."""
+        if self.train.caption_mode is not None:
+            return self.train.caption_mode
+        return "mean4" if self.model.arch == "paper" else "single"
+
+    @property
+    def g_step_fakes(self) -> GStepFakes:
+        """``train.g_step_fakes`` as given, else redraw (paper) / reuse (pytorch)."""
+        if self.train.g_step_fakes is not None:
+            return self.train.g_step_fakes
+        return "redraw" if self.model.arch == "paper" else "reuse"
+
+    def _resolved_fields(self) -> dict[str, Any]:
+        return {"train": {"caption_mode": self.caption_mode, "g_step_fakes": self.g_step_fakes}}
 
     @classmethod
     def from_yaml(cls, path: str) -> RunConfig:
@@ -397,11 +423,15 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, *, prefix: str = "") ->
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
-    """Plain-dict view of a config dataclass (tuples become lists, for YAML/JSON)."""
+    """Plain-dict view of a config dataclass (tuples become lists, for YAML/JSON), with every
+    per-preset option written out as resolved (so saved configs state what ran)."""
 
     def convert(v: Any) -> Any:
         if dataclasses.is_dataclass(v):
-            return {f.name: convert(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            out = {f.name: convert(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            for key, value in getattr(v, "_resolved_fields", dict)().items():
+                out[key] = {**out[key], **value} if isinstance(value, dict) else value
+            return out
         if isinstance(v, tuple | list):
             return [convert(x) for x in v]
         return v

@@ -24,7 +24,6 @@ def d_cond_dims(model_cfg: ModelConfig) -> tuple[int, int]:
 def build_generator(model_cfg: ModelConfig, stage: int) -> nn.Module:
     """The (uninitialised) generator of ``stage`` (1 or 2)."""
     m = model_cfg
-    assert m.ca_nonlinearity is not None  # resolved by ModelConfig
     if stage == 1:
         return Stage1Generator(
             text_dim=m.text_dim,
@@ -32,7 +31,7 @@ def build_generator(model_cfg: ModelConfig, stage: int) -> nn.Module:
             cond_dim=m.cond_dim,
             gf_dim=m.gf_dim,
             arch=m.arch,
-            ca_nonlinearity=m.ca_nonlinearity,
+            ca_nonlinearity=m.resolved_ca_nonlinearity,
         )
     if stage == 2:
         return Stage2Generator(
@@ -41,7 +40,7 @@ def build_generator(model_cfg: ModelConfig, stage: int) -> nn.Module:
             gf_dim=m.gf_dim,
             r_num=m.r_num,
             arch=m.arch,
-            ca_nonlinearity=m.ca_nonlinearity,
+            ca_nonlinearity=m.resolved_ca_nonlinearity,
             skip=m.stage2_skip,
         )
     raise ValueError(f"stage must be 1 or 2, got {stage}")
@@ -64,7 +63,7 @@ def build_discriminator(model_cfg: ModelConfig, stage: int) -> nn.Module:
             cond_in_dim=cond_in,
             code_dim=code,
             arch=model_cfg.arch,
-            uncond_head=bool(model_cfg.uncond_head),
+            uncond_head=model_cfg.resolved_uncond_head,
             projection=model_cfg.d_projection,
         )
     raise ValueError(f"stage must be 1 or 2, got {stage}")

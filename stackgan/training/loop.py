@@ -320,7 +320,7 @@ class _Trainer:
         """Dmain: fakes (with gradient if the G step reuses them), the D update."""
         st, cfg = self.state, self.cfg
         st.D.requires_grad_(True)
-        with self.autocast(), torch.set_grad_enabled(cfg.train.g_step_fakes == "reuse"):
+        with self.autocast(), torch.set_grad_enabled(cfg.g_step_fakes == "reuse"):
             fakes = self.stage.generate_with_input(self.g_run, emb, z)
         st.opt_d.zero_grad(set_to_none=True)
         with self.autocast():
@@ -344,7 +344,7 @@ class _Trainer:
         """Gmain: D frozen, fakes reused or redrawn, the G update, then the EMA."""
         st, cfg = self.state, self.cfg
         st.D.requires_grad_(False)
-        if cfg.train.g_step_fakes != "reuse":
+        if cfg.g_step_fakes != "reuse":
             z = torch.randn(
                 real.shape[0], cfg.model.z_dim, device=self.info.device, generator=st.noise
             )

@@ -260,7 +260,7 @@ def _prepare(
         batch_size=cfg.train.batch_size,
         world_size=info.world_size,
         rank=info.rank,
-        caption_mode=cfg.train.caption_mode,  # type: ignore[arg-type]
+        caption_mode=cfg.caption_mode,
         seed=cfg.train.seed,
         num_workers=cfg.train.num_workers,
         shuffle_buffer=cfg.train.shuffle_buffer,

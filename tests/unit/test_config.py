@@ -1,0 +1,39 @@
+"""Per-preset defaults are resolved on read and on write, never written back."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from stackgan.config import ModelConfig, RunConfig, TrainConfig, from_dict, to_dict
+
+
+def test_replace_of_the_arch_re_resolves_the_preset_defaults():
+    paper = ModelConfig()
+    assert (paper.resolved_ca_nonlinearity, paper.resolved_uncond_head) == ("leaky_relu", False)
+    pytorch = dataclasses.replace(paper, arch="pytorch", d_text_dim=paper.cond_dim)
+    assert (pytorch.resolved_ca_nonlinearity, pytorch.resolved_uncond_head) == ("relu", True)
+    assert paper.ca_nonlinearity is None and paper.uncond_head is None  # nothing written back
+
+    run = RunConfig(stage=1)
+    assert (run.caption_mode, run.g_step_fakes) == ("mean4", "redraw")
+    switched = dataclasses.replace(run, model=pytorch)
+    assert (switched.caption_mode, switched.g_step_fakes) == ("single", "reuse")
+    assert run.train.caption_mode is None and run.train.g_step_fakes is None
+
+
+def test_given_values_win_over_the_preset():
+    model = ModelConfig(arch="pytorch", d_text_dim=128, ca_nonlinearity="leaky_relu")
+    assert model.resolved_ca_nonlinearity == "leaky_relu"
+    assert ModelConfig(uncond_head=True).resolved_uncond_head is True
+    run = RunConfig(stage=2, train=TrainConfig(caption_mode="single", g_step_fakes="reuse"))
+    assert (run.caption_mode, run.g_step_fakes) == ("single", "reuse")
+
+
+def test_to_dict_writes_what_ran_and_reads_back_the_same():
+    run = RunConfig(stage=1, model=ModelConfig(arch="pytorch", d_text_dim=128))
+    data = to_dict(run)
+    assert data["model"]["ca_nonlinearity"] == "relu" and data["model"]["uncond_head"] is True
+    assert data["train"]["caption_mode"] == "single" and data["train"]["g_step_fakes"] == "reuse"
+    again = from_dict(RunConfig, data)
+    assert to_dict(again) == data
+    assert (again.caption_mode, again.model.resolved_ca_nonlinearity) == ("single", "relu")
