@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from stackgan import runs
+from stackgan.cli import runs
 from stackgan.tracking import check_tracking_store, resolve_tracking_uri
+from stackgan.tracking.compare import BASE_COLUMNS
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,7 @@ def test_table_sorted_with_requested_columns(
     )
     lines = run_cli(store, capsys, *args).splitlines()
     header = cells(lines[0])
-    assert header == [*runs.BASE_COLUMNS, "params.arch", "metrics.fid", "metrics.is_mean"]
+    assert header == [*BASE_COLUMNS, "params.arch", "metrics.fid", "metrics.is_mean"]
     assert [cells(line)[1] for line in lines[2:]] == ["torch-run", "paper-run"]
     torch_row = cells(lines[2])
     assert torch_row[0] == store["ids"]["torch-run"][:8]
@@ -97,7 +98,7 @@ def test_default_metrics_children_and_limit(
     store: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     header = cells(run_cli(store, capsys).splitlines()[0])
-    assert header[len(runs.BASE_COLUMNS) :] == ["metrics.fid", "metrics.is_mean", "metrics.loss_g"]
+    assert header[len(BASE_COLUMNS) :] == ["metrics.fid", "metrics.is_mean", "metrics.loss_g"]
     children = run_cli(store, capsys, "--children-of", store["ids"]["paper-run"]).splitlines()
     assert len(children) == 3
     assert cells(children[2])[1:] == ["stage1", "RUNNING", cells(children[2])[3], "stage1", "0.5"]
@@ -123,8 +124,8 @@ def test_filter_and_json(store: dict[str, Any], capsys: pytest.CaptureFixture[st
 
 def test_csv_through_module_entry_point(store: dict[str, Any]) -> None:
     env = {**os.environ, "MLFLOW_TRACKING_URI": store["uri"], "MLFLOW_DISABLE_TELEMETRY": "true"}
-    cmd = [sys.executable, "-m", "stackgan.runs", "--experiment", "cmp,other", "--format", "csv"]
-    cmd += ["--params", "arch", "--metrics", "fid", "--sort", "params.arch"]
+    cmd = [sys.executable, "-m", "stackgan.cli.runs", "--experiment", "cmp,other"]
+    cmd += ["--format", "csv", "--params", "arch", "--metrics", "fid", "--sort", "params.arch"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, timeout=120)
     rows = list(csv.DictReader(io.StringIO(out.stdout)))
     assert [r["run_name"] for r in rows[:2]] == ["paper-run", "torch-run"]

@@ -21,9 +21,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from stackgan import track_cli
+from stackgan.cli import track
 from stackgan.tracking import (
     ATTEMPT_TAG,
+    PARENT_RUN_TAG,
+    STAGE_TAG,
     MLflowTracker,
     NullTracker,
     RetryPolicy,
@@ -33,10 +35,12 @@ from stackgan.tracking import (
     ensure_experiment,
     read_run_id,
     resolve_tracking_uri,
+    tags,
     tracker_for_rank,
 )
 
 EXPERIMENT = "unit"
+PARENT = "mlflow.parentRunId"
 SUBPROCESS_ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
@@ -164,7 +168,7 @@ def test_fail_fast_http_closed_port() -> None:
         check_tracking_store(uri, timeout_s=3)
     assert uri in str(info.value)
     assert time.monotonic() - started < 4
-    assert track_cli.main(["check", "--tracking-uri", uri, "--timeout-s", "2"]) == 1
+    assert track.main(["check", "--tracking-uri", uri, "--timeout-s", "2"]) == 1
 
 
 def test_tracker_for_rank_builds_only_on_rank_zero() -> None:
@@ -244,7 +248,7 @@ def test_parent_child_linkage_across_processes(store: dict[str, Any], tmp_path: 
     cli_args = ["--tracking-uri", store["uri"], "--experiment", EXPERIMENT]
     cli_args += ["--run-name", "pipeline", "--out", str(parent_file)]
     subprocess.run(
-        [sys.executable, "-m", "stackgan.track_cli", "start-parent", *cli_args],
+        [sys.executable, "-m", "stackgan.cli.track", "start-parent", *cli_args],
         check=True,
         env=SUBPROCESS_ENV,
         timeout=120,
@@ -408,19 +412,17 @@ def test_track_cli_parent_lifecycle(store: dict[str, Any], tmp_path: Path) -> No
     config.write_text("model:\n  arch: paper\ntrain:\n  epochs: 2\n")
     args = ["--tracking-uri", store["uri"], "--experiment", EXPERIMENT, "--run-name", "pipe"]
     args += ["--out", str(out), "--config", str(config), "--tag", "run=base", "--param", "seed=3"]
-    assert track_cli.main(["start-parent", *args]) == 0
+    assert track.main(["start-parent", *args]) == 0
     parent_id = read_run_id(out)
-    assert track_cli.main(["start-parent", *args]) == 0  # idempotent: same run
+    assert track.main(["start-parent", *args]) == 0  # idempotent: same run
     assert read_run_id(out) == parent_id
 
     results = tmp_path / "results.json"
     results.write_text(json.dumps({"metrics": {"fid": 51.2, "is": {"mean": 3.1}, "ok": True}}))
     common = ["--tracking-uri", store["uri"], "--parent-run-id-file", str(out)]
-    assert track_cli.main(["log-summary", *common, "--metrics", str(results)]) == 0
-    assert (
-        track_cli.main(["log-summary", *common, "--metrics", str(results), "--prefix", "s2."]) == 0
-    )
-    assert track_cli.main(["finish-parent", *common, "--status", "FAILED"]) == 0
+    assert track.main(["log-summary", *common, "--metrics", str(results)]) == 0
+    assert track.main(["log-summary", *common, "--metrics", str(results), "--prefix", "s2."]) == 0
+    assert track.main(["finish-parent", *common, "--status", "FAILED"]) == 0
 
     client = store["client"]
     run = client.get_run(parent_id)
@@ -431,4 +433,29 @@ def test_track_cli_parent_lifecycle(store: dict[str, Any], tmp_path: Path) -> No
     assert [a.path for a in client.list_artifacts(parent_id, "config")] == ["config/resolved.yaml"]
     assert len(client.search_runs([store["exp_id"]], "attributes.run_name = 'pipe'")) == 1
     missing = ["--tracking-uri", store["uri"], "--parent-run-id-file", str(tmp_path / "none")]
-    assert track_cli.main(["finish-parent", *missing]) == 1
+    assert track.main(["finish-parent", *missing]) == 1
+
+
+def test_start_parent_rerun_with_a_changed_param_keeps_its_first_value(
+    store: dict[str, Any], tmp_path: Path
+) -> None:
+    out = tmp_path / "parent_run_id.txt"
+    args = ["--tracking-uri", store["uri"], "--experiment", EXPERIMENT, "--run-name", "rerun"]
+    args += ["--out", str(out)]
+    assert track.main(["start-parent", *args, "--param", "seed=3", "--param", "lr=1"]) == 0
+    assert track.main(["start-parent", *args, "--param", "seed=4", "--param", "bs=8"]) == 0
+    assert track.main(["start-parent", *args, "--param", "seed=5"]) == 0  # a batch of one
+    params = store["client"].get_run(read_run_id(out)).data.params
+    assert params == {"seed": "3", "lr": "1", "bs": "8"}
+
+
+def test_tag_vocabulary_is_what_the_writers_write() -> None:
+    assert (STAGE_TAG, ATTEMPT_TAG, PARENT_RUN_TAG) == ("stage", "stackgan.attempt", PARENT)
+    assert [tags.training_stage(s) for s in (1, 2)] == ["1", "2"]
+    assert [tags.evaluation_stage(s) for s in (1, 2)] == ["eval1", "eval2"]
+    assert (tags.PIPELINE_STAGE, tags.ROLE_TAG, tags.PIPELINE_ROLE) == (
+        "pipeline",
+        "stackgan.role",
+        "pipeline",
+    )
+    assert tags.RUN_STATUSES == ("FINISHED", "FAILED", "KILLED")

@@ -1,30 +1,26 @@
-"""``stackgan runs``: compare MLflow runs in a table (params × final metrics).
+"""Run comparison (the library part of ``stackgan runs``): rows of runs, sorted and formatted.
 
-Reads runs through ``MlflowClient.search_runs``; rows are runs, columns are run id
-(short in the table), run name, status, start time, stage tag, the chosen params and
-the chosen metrics (latest value of each). Missing values print as ``-`` in the table,
-as empty cells in CSV and as ``null`` in JSON.
+Reads runs through ``MlflowClient.search_runs``; rows are runs, columns are run id (short in
+the table), run name, status, start time, stage tag, the chosen params and the chosen metrics
+(latest value of each). Missing values print as ``-`` in the table, as empty cells in CSV and
+as ``null`` in JSON.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
-import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-from stackgan.tracking import PARENT_RUN_TAG, STAGE_TAG, configure_mlflow_environment
+from stackgan.tracking.tags import PARENT_RUN_TAG, STAGE_TAG
 
-DEFAULT_URI = "sqlite:///results/mlflow.db"
 MISSING = "-"
 BASE_COLUMNS = ("run_id", "run_name", "status", "start_time", "stage")
+FORMATS = ("table", "csv", "json")
 
 
 @dataclass(frozen=True)
@@ -41,7 +37,7 @@ class Row:
     metrics: dict[str, float]
 
 
-def _split(values: Sequence[str] | None) -> list[str]:
+def split_list(values: Sequence[str] | None) -> list[str]:
     """``["a,b", "c"]`` -> ``["a", "b", "c"]``."""
     return [v.strip() for item in values or () for v in item.split(",") if v.strip()]
 
@@ -202,84 +198,29 @@ def format_csv(records: list[dict[str, Any]], columns: list[str]) -> str:
     return buffer.getvalue().rstrip("\n")
 
 
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """The ``stackgan runs`` argument parser."""
-    p = argparse.ArgumentParser(
-        prog=prog or "stackgan runs",
-        description="Compare MLflow runs: rows = runs, columns = chosen params x final metrics.",
-    )
-    p.add_argument(
-        "--tracking-uri",
-        default=os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI,
-        help=f"tracking URI (default: $MLFLOW_TRACKING_URI, else {DEFAULT_URI})",
-    )
-    p.add_argument(
-        "--experiment",
-        action="append",
-        help="experiment name; repeatable or comma list (default: all)",
-    )
-    p.add_argument("--params", action="append", help="param columns, comma list")
-    p.add_argument("--metrics", action="append", help="metric columns (default: all but system/)")
-    p.add_argument(
-        "--filter", default="", help="MLflow filter string, e.g. \"params.arch = 'paper'\""
-    )
-    p.add_argument("--sort", help="metrics.X | params.Y | start_time | run_name (default: newest)")
-    p.add_argument("--desc", action="store_true", help="sort descending")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--parents-only", action="store_true", help="only runs without a parent")
-    group.add_argument("--children-of", metavar="RUN_ID", help="only children of this run")
-    p.add_argument("--limit", type=int, default=None, help="show at most N rows")
-    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
-    return p
+def render(
+    rows: list[Row],
+    *,
+    sort: str | None = None,
+    descending: bool = False,
+    limit: int | None = None,
+    params: list[str] | None = None,
+    metrics: list[str] | None = None,
+    fmt: str = "table",
+) -> str:
+    """Sort, limit and format ``rows`` (``fmt``: table, csv or json).
 
-
-def render(args: argparse.Namespace, rows: list[Row]) -> str:
-    """Sort, limit and format ``rows`` as the options ask."""
-    rows = sort_rows(rows, args.sort, args.desc)
-    if args.limit is not None:
-        rows = rows[: max(0, args.limit)]
-    params = _split(args.params)
-    metrics = _split(args.metrics) or default_metrics(rows)
+    ``metrics`` defaults to every metric on the (limited) rows but mlflow's ``system/`` ones.
+    """
+    rows = sort_rows(rows, sort, descending)
+    if limit is not None:
+        rows = rows[: max(0, limit)]
+    params = list(params or [])
+    metrics = list(metrics or []) or default_metrics(rows)
     records = table_records(rows, params, metrics)
     columns = [*BASE_COLUMNS, *(f"params.{p}" for p in params), *(f"metrics.{m}" for m in metrics)]
-    if args.format == "json":
+    if fmt == "json":
         return json.dumps(records, indent=2)
-    if args.format == "csv":
+    if fmt == "csv":
         return format_csv(records, columns)
     return format_table(records, columns)
-
-
-def _require_existing_db(uri: str) -> None:
-    """A read-only command must not create an empty sqlite database."""
-    if uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
-        if not db.is_file():
-            raise ValueError(f"no MLflow database at {db}")
-
-
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """Print the comparison table; returns the exit status."""
-    args = build_parser(prog).parse_args(argv)
-    configure_mlflow_environment()
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    try:
-        _require_existing_db(args.tracking_uri)
-        client = MlflowClient(tracking_uri=args.tracking_uri)
-        rows = fetch_rows(
-            client,
-            _split(args.experiment),
-            args.filter,
-            children_of=args.children_of,
-            parents_only=args.parents_only,
-        )
-        print(render(args, rows))
-    except (ValueError, MlflowException) as err:
-        print(f"error: {args.tracking_uri}: {err}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
