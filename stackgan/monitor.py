@@ -26,20 +26,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
 from stackgan import distributed as dist_utils
 from stackgan.data.imagesets import iter_real_images
+from stackgan.data.index import SplitIndex, evenly_spaced_rows
+from stackgan.evaluation.attributes.model import AttributeClassifier, load_classifier
+from stackgan.evaluation.attributes.score import accuracy, attribute_labels
 from stackgan.fileio import atomic_path, sha256_file
 from stackgan.metrics import quality
-from stackgan.metrics.conditional import (
-    AttributeClassifier,
-    accuracy,
-    attribute_labels,
-    load_classifier,
-)
 from stackgan.sampling import Sampler, shard_chunks
 
 log = logging.getLogger(__name__)
@@ -68,13 +64,11 @@ def load_requests(
     index_path: str | Path, captions: int, samples_per_caption: int
 ) -> MonitorRequests:
     """``captions`` test captions spread evenly over the index's images, each repeated."""
-    with h5py.File(index_path, "r") as h5:
-        n_images, n_caps = h5["embeddings"].shape[:2]
-        rows = np.unique(np.linspace(0, n_images - 1, min(captions, n_images)).round().astype(int))
-        cols = np.arange(len(rows)) % n_caps
-        emb = np.stack([h5["embeddings"][r, c] for r, c in zip(rows, cols, strict=True)])
-        text = [h5["captions"][r, c] for r, c in zip(rows, cols, strict=True)]
-    text = [t.decode() if isinstance(t, bytes) else str(t) for t in text]
+    with SplitIndex(index_path) as idx:
+        rows = evenly_spaced_rows(idx.num_images, captions)
+        cols = np.arange(len(rows)) % idx.captions_per_image
+        emb = idx.embedding_pairs(rows, cols)
+        text = idx.caption_pairs(rows, cols)
     labels = attribute_labels(text)
     if (labels < 0).any():
         raise ValueError(
@@ -120,8 +114,8 @@ def real_reference(
     feats = np.concatenate(
         [classify(classifier, batch)[0] for batch in iter_real_images(real_set, size=64)]
     )
-    with h5py.File(index_path, "r") as h5:
-        class_ids = h5["class_ids"][:]
+    with SplitIndex(index_path) as idx:
+        class_ids = idx.class_ids()
     if len(class_ids) != len(feats):
         raise ValueError(
             f"{index_path}: {len(class_ids)} rows, but {real_set} has {len(feats)} images"

@@ -80,7 +80,8 @@ def tiny_classifier(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory)
     import numpy as np
     import torch
 
-    from stackgan.metrics.conditional import load_real_set, save_classifier, train_classifier
+    from stackgan.evaluation.attributes.model import save_classifier
+    from stackgan.evaluation.attributes.train import load_real_set, train_classifier
 
     x, y = zip(
         *(

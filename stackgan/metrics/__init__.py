@@ -1,7 +1,8 @@
 """Evaluation metrics: torchvision-free FID Inception, feature extractors, FID/KID/IS math.
 
-Public names are re-exported lazily (PEP 562), so importing a light submodule such as
-``stackgan.metrics.conditional`` does not pay for torchmetrics.
+Public names are re-exported lazily (PEP 562), so importing one submodule does not import
+the others. The attribute classifier behind conditional accuracy is in
+:mod:`stackgan.evaluation.attributes`.
 """
 
 from __future__ import annotations

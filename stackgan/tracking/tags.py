@@ -18,7 +18,7 @@ tag                    values                          written by
 ``mlflow.parentRunId`` the parent's run id             every child run (training, evaluation)
 ``status``             ``FINISHED``/``FAILED``/        the parent run (``finish-parent``)
                        ``KILLED``
-                       ``"finished"``                  an evaluation run
+                       ``"finished"``                  a training or evaluation run that ended
 ``<name>_path``        an absolute path                ``Tracker.log_checkpoint_path`` (training:
                                                        ``workdir_path``)
 ``preset``,            free text (``"none"`` when      training and evaluation runs (the workflow
@@ -43,9 +43,10 @@ ROLE_TAG = "stackgan.role"
 PIPELINE_ROLE = "pipeline"
 #: ``stage`` tag value of the parent (pipeline) run
 PIPELINE_STAGE = "pipeline"
-#: the parent run's final status (one of :data:`RUN_STATUSES`); an evaluation run: "finished"
+#: the parent run's final status (one of :data:`RUN_STATUSES`); a training or evaluation
+#: run that ended normally: :data:`JOB_FINISHED`
 STATUS_TAG = "status"
-EVALUATION_STATUS = "finished"
+JOB_FINISHED = "finished"
 #: the statuses a run can end with
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 
@@ -62,7 +63,7 @@ def evaluation_stage(stage: int) -> str:
 
 __all__ = [
     "ATTEMPT_TAG",
-    "EVALUATION_STATUS",
+    "JOB_FINISHED",
     "PARENT_RUN_TAG",
     "PIPELINE_ROLE",
     "PIPELINE_STAGE",

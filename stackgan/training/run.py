@@ -174,6 +174,7 @@ def start_tracker(
     without a URI.
     """
     from stackgan.tracking import MLflowTracker, NullTracker, read_run_id
+    from stackgan.tracking.tags import STAGE_TAG, training_stage
 
     opts = job.tracking
     uri = opts.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
@@ -188,7 +189,7 @@ def start_tracker(
         raise ConfigError(f"--parent-run-id-file: {opts.parent_run_id_file} holds no run id")
     dataset = opts.dataset_name or ("cub" if manifest["num_samples"] in (8855, 2933) else "custom")
     tags = {
-        "stage": str(cfg.stage),
+        STAGE_TAG: training_stage(cfg.stage),
         "preset": opts.preset or "none",
         "arch": cfg.model.arch,
         "dataset": dataset,
@@ -371,6 +372,8 @@ def _finish(
     history_path: Path,
 ) -> None:
     """Rank 0: loss-curve PNG, grid copy, metrics JSON; the tracker run is FINISHED."""
+    from stackgan.tracking.tags import JOB_FINISHED, STATUS_TAG
+
     history = artefacts.read_history(history_path)
     curve = artefacts.loss_curve(history, job.loss_curve or job.workdir / "loss_curves.png")
     if job.grid_out is not None:
@@ -395,7 +398,7 @@ def _finish(
         if curve is not None:
             tracker.log_artifact(curve)
         tracker.log_artifact(job.out, artifact_path="network")
-        tracker.set_tags({"status": "finished"})
+        tracker.set_tags({STATUS_TAG: JOB_FINISHED})
         tracker.close("FINISHED")
 
 

@@ -17,7 +17,7 @@ CAPTIONS = 3  # per test image -> 10 test images x 3 = 30 requests
 
 def _eval_args(network, shards, out, *extra):
     return [
-        "-m", "stackgan.evaluate", "--network", str(network),
+        "-m", "stackgan.cli.evaluate", "--network", str(network),
         "--index", str(shards / "test-index.h5"), "--out", str(out),
         "--captions-per-image", str(CAPTIONS), "--batch-size", "4", "--is-splits", "2",
         "--kid-subsets", "4", "--kid-subset-size", "8",
@@ -31,7 +31,7 @@ def real_stats(tiny_shards, tmp_path_factory):
     run(
         python_cmd(
             "-m",
-            "stackgan.evaluate",
+            "stackgan.cli.evaluate",
             "real-stats",
             "--shards",
             str(tiny_shards / "test-256"),
@@ -185,7 +185,7 @@ def colour_twin(tmp_path_factory):
 def test_conditional_accuracy_real_shuffled_random(colour_twin, tmp_path):
     shards = colour_twin
     args = [
-        "-m", "stackgan.metrics.conditional",
+        "-m", "stackgan.cli.attr_classifier",
         "--train-shards", str(shards / "train-64"), "--train-index", str(shards / "train-index.h5"),
         "--test-shards", str(shards / "test-64"), "--test-index", str(shards / "test-index.h5"),
         "--out", str(tmp_path / "attr.pt"), "--report", str(tmp_path / "attr.json"),
@@ -204,12 +204,8 @@ def test_conditional_accuracy_real_shuffled_random(colour_twin, tmp_path):
 
 def test_conditional_accuracy_ignores_unnamed_attributes():
     """Rows whose caption names no colour for an attribute do not count for it."""
-    from stackgan.metrics.conditional import (
-        AttributeClassifier,
-        accuracy,
-        attribute_labels,
-        predict,
-    )
+    from stackgan.evaluation.attributes.model import AttributeClassifier, predict
+    from stackgan.evaluation.attributes.score import accuracy, attribute_labels
 
     torch.manual_seed(0)
     preds = predict(AttributeClassifier().eval(), torch.rand(6, 3, 256, 256) * 2 - 1)
