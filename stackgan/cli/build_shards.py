@@ -7,12 +7,11 @@ options, a refused or corrupt pickle or an unreadable file (one line).
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
 from pathlib import Path
 
 from stackgan.cli.common import EXIT_FAILED, KNOWN_ERRORS, fail, run_command, setup_logging
-from stackgan.cli.data_args import add_path_arguments, paths_from_args
+from stackgan.cli.data_args import add_path_arguments, add_worker_arguments, paths_from_args
 from stackgan.data.crop import RESIZE_MODES
 from stackgan.data.cub import SPLITS, DataPaths, DataValidationError
 from stackgan.data.shards import ShardOptions, build_shards
@@ -43,10 +42,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--max-per-shard", type=int, default=ShardOptions.max_per_shard)
     p.add_argument("--shuffle-seed", type=int, default=ShardOptions.shuffle_seed)
     p.add_argument("--on-bad-image", choices=("error", "skip"), default=ShardOptions.on_bad_image)
-    p.add_argument(
-        "--workers", type=int, default=min(2, os.cpu_count() or 1), help="image processes"
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_worker_arguments(p, "image processes")
     return p
 
 

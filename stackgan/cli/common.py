@@ -62,20 +62,28 @@ def setup_logging(rank: int = 0, *, with_time: bool = False) -> None:
 
 
 def add_tracking_arguments(
-    parser: argparse.ArgumentParser, *, system_metrics_help: str | None = None
+    parser: argparse.ArgumentParser,
+    *,
+    system_metrics_help: str | None = None,
+    dataset_help: str | None = None,
+    run_name_help: str | None = None,
 ) -> argparse._ArgumentGroup:
-    """The MLflow flag group shared by ``train`` and ``evaluate``."""
+    """The MLflow flag group shared by ``train`` and ``evaluate`` (help texts overridable)."""
     track = parser.add_argument_group("tracking (MLflow)")
     track.add_argument(
         "--tracking-uri",
         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; none = no tracking)",
     )
     track.add_argument("--experiment", default="stackgan", help="MLflow experiment name")
-    track.add_argument("--run-name", help="MLflow run name (default: from the stage)")
+    track.add_argument(
+        "--run-name", help=run_name_help or "MLflow run name (default: stage1 / stage2)"
+    )
     track.add_argument(
         "--parent-run-id-file", type=Path, help="file holding the pipeline's parent run id"
     )
-    track.add_argument("--dataset-name", help="tag: dataset name (default: from the shard set)")
+    track.add_argument(
+        "--dataset-name", help=dataset_help or "tag: dataset name (default: from the shard set)"
+    )
     track.add_argument(
         "--preset", help="tag: the pipeline preset this run belongs to (e.g. paper, demo)"
     )

@@ -1,8 +1,10 @@
-"""Data-path arguments shared by the data commands (``validate-data``, ``build-shards``)."""
+"""Arguments shared by the data commands: data paths (``validate-data``, ``build-shards``) and
+worker processes with a progress bar (``make-twin``, ``build-shards``)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from stackgan.data.cub import DataPaths
@@ -30,3 +32,11 @@ def paths_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -
         cub_dir=args.cub_dir or base.cub_dir,  # type: ignore[union-attr]
         bundle_dir=args.bundle_dir or base.bundle_dir,  # type: ignore[union-attr]
     )
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser, workers_help: str) -> None:
+    """``--workers`` (default: up to 2 processes) and ``--quiet`` (no progress bar)."""
+    parser.add_argument(
+        "--workers", type=int, default=min(2, os.cpu_count() or 1), help=workers_help
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")

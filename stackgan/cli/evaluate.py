@@ -37,6 +37,7 @@ from stackgan.cli.common import (
     run_command,
     setup_logging,
 )
+from stackgan.config import EvalConfig
 
 if TYPE_CHECKING:
     from stackgan.evaluation.reference import ExtractorSpec
@@ -45,6 +46,10 @@ if TYPE_CHECKING:
 NAME = "stackgan evaluate"
 
 log = logging.getLogger("stackgan.evaluate")
+
+
+#: protocol defaults (the paper protocol), shared with the pipeline's eval section
+_DEFAULTS = EvalConfig()
 
 
 def _extractor_args(p: argparse.ArgumentParser) -> None:
@@ -92,7 +97,7 @@ def build_real_stats_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--shards", type=Path, required=True, help="the test-256 shard set")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size)
     p.add_argument(
         "--skip-ok",
         action="store_true",
@@ -156,20 +161,25 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--recompute", action="store_true", help="ignore an existing activation cache")
     proto = p.add_argument_group("protocol")
-    proto.add_argument("--captions-per-image", type=int, default=10)
+    proto.add_argument("--captions-per-image", type=int, default=_DEFAULTS.captions_per_image)
     proto.add_argument("--max-images", type=int, help="only the first N test images")
-    proto.add_argument("--batch-size", type=int, default=64)
-    proto.add_argument("--seed", type=int, default=100)
+    proto.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size)
+    proto.add_argument("--seed", type=int, default=_DEFAULTS.seed)
     proto.add_argument(
         "--no-ema", action="store_true", help="use G even when the file holds an EMA G"
     )
-    proto.add_argument("--is-splits", type=int, default=10)
-    proto.add_argument("--kid-subsets", type=int, default=100)
-    proto.add_argument("--kid-subset-size", type=int, default=1000)
-    proto.add_argument("--grid-captions", type=int, default=6)
-    proto.add_argument("--grid-samples", type=int, default=4)
+    proto.add_argument("--is-splits", type=int, default=_DEFAULTS.is_splits)
+    proto.add_argument("--kid-subsets", type=int, default=_DEFAULTS.kid_subsets)
+    proto.add_argument("--kid-subset-size", type=int, default=_DEFAULTS.kid_subset_size)
+    proto.add_argument("--grid-captions", type=int, default=_DEFAULTS.grid_captions)
+    proto.add_argument("--grid-samples", type=int, default=_DEFAULTS.grid_samples)
     _extractor_args(p)
-    add_tracking_arguments(p, system_metrics_help="(accepted for symmetry; evaluation logs none)")
+    add_tracking_arguments(
+        p,
+        system_metrics_help="(accepted for symmetry; evaluation logs none)",
+        dataset_help="tag: dataset name (default: unknown)",
+        run_name_help="MLflow run name (default: eval-stage<N>)",
+    )
     return p
 
 

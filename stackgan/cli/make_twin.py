@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
 from stackgan.cli.common import run_command, setup_logging
+from stackgan.cli.data_args import add_worker_arguments
 from stackgan.data.twin import TwinSpec, write_twin
 
 log = logging.getLogger(__name__)
@@ -48,13 +48,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         default=TwinSpec.border_frac,
         help="share of boxes touching a border",
     )
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=min(2, os.cpu_count() or 1),
-        help="processes used to draw images",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_worker_arguments(p, "processes used to draw images")
     return p
 
 

@@ -280,6 +280,7 @@ def log_to_tracker(
     if not tracking.tracking_uri:
         return
     from stackgan.tracking import MLflowTracker, read_run_id
+    from stackgan.tracking.tags import JOB_FINISHED, STAGE_TAG, STATUS_TAG, evaluation_stage
 
     parent = read_run_id(tracking.parent_run_id_file) if tracking.parent_run_id_file else None
     tracker = MLflowTracker.start(
@@ -289,8 +290,8 @@ def log_to_tracker(
         parent_run_id=parent,
         run_id_file=out / "mlflow_run_id.txt",
         tags={
-            "stage": f"eval{stage}",
-            "status": "finished",
+            STAGE_TAG: evaluation_stage(stage),
+            STATUS_TAG: JOB_FINISHED,
             "preset": tracking.preset or "none",
             "dataset": tracking.dataset_name or "unknown",
         },

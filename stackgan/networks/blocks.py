@@ -308,6 +308,24 @@ class CondLogits(nn.Module):
         return logits
 
 
+def arch_cond_head(
+    channels: int, cond_in_dim: int, code_dim: int, arch: str, *, projection: bool
+) -> CondLogits:
+    """The matching-aware head of both stages' D in architecture preset ``arch``: the paper
+    projects the condition and joins with a 1x1 conv without logit bias, pytorch uses 3x3
+    with bias."""
+    paper = arch == "paper"
+    return CondLogits(
+        channels,
+        cond_in_dim,
+        code_dim,
+        project=paper,
+        joint_kernel=1 if paper else 3,
+        logit_bias=not paper,
+        projection=projection,
+    )
+
+
 class UncondLogits(nn.Module):
     """Unconditional D head (PT Stage-II): 4x4 stride-4 convolution -> logit."""
 

@@ -14,11 +14,11 @@ from torch import nn
 from stackgan.config import Arch, CaNonlinearity
 from stackgan.networks.blocks import (
     Bottleneck,
-    CondLogits,
     ConvBlock,
     DOutput,
     UpBlock,
     Upsample2x,
+    arch_cond_head,
     check_arch,
     conv,
     discriminator_output,
@@ -134,15 +134,7 @@ class Stage1Discriminator(nn.Module):
         if paper:
             layers.append(Bottleneck(ndf * 8, ndf * 2, "leaky_relu"))  # [B, 8d, 4, 4]
         self.encode = nn.Sequential(*layers)
-        self.cond_head = CondLogits(
-            ndf * 8,
-            cond_in_dim,
-            code_dim,
-            project=paper,
-            joint_kernel=1 if paper else 3,
-            logit_bias=not paper,
-            projection=projection,
-        )
+        self.cond_head = arch_cond_head(ndf * 8, cond_in_dim, code_dim, arch, projection=projection)
 
     def forward(
         self,

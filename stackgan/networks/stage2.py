@@ -14,12 +14,12 @@ from torch import nn
 from stackgan.config import Arch, CaNonlinearity
 from stackgan.networks.blocks import (
     Bottleneck,
-    CondLogits,
     ConvBlock,
     DOutput,
     ResBlock,
     UncondLogits,
     UpBlock,
+    arch_cond_head,
     check_arch,
     conv,
     discriminator_output,
@@ -143,15 +143,7 @@ class Stage2Discriminator(nn.Module):
         if paper:
             layers.append(Bottleneck(ndf * 8, ndf * 2, "leaky_relu"))  # [B, 8d, 4, 4]
         self.encode = nn.Sequential(*layers)
-        self.cond_head = CondLogits(
-            ndf * 8,
-            cond_in_dim,
-            code_dim,
-            project=paper,
-            joint_kernel=1 if paper else 3,
-            logit_bias=not paper,
-            projection=projection,
-        )
+        self.cond_head = arch_cond_head(ndf * 8, cond_in_dim, code_dim, arch, projection=projection)
         self.uncond_head = UncondLogits(ndf * 8, bias=not paper) if uncond_head else None
 
     def forward(
