@@ -12,6 +12,7 @@ when written out (:func:`to_dict`); nothing is written back into a frozen object
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -41,8 +42,19 @@ def _check(cond: bool, key: str, msg: str) -> None:
         raise ConfigError(f"{key}: {msg}")
 
 
-@dataclass(frozen=True, kw_only=True)
-class ModelConfig:
+class _ResolvedEquality:
+    """Configs with per-preset options are equal when they resolve to the same values
+    (``ModelConfig()`` == ``ModelConfig(ca_nonlinearity="leaky_relu")``)."""
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and to_dict(self) == to_dict(other)
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(to_dict(self), sort_keys=True))
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class ModelConfig(_ResolvedEquality):
     """Network sizes and architecture switches (see docs/architecture.md).
 
     ``arch='paper'`` follows the TensorFlow birds code (LeakyReLU CA, own text FC in
@@ -304,8 +316,8 @@ class EvalConfig:
             )
 
 
-@dataclass(frozen=True, kw_only=True)
-class RunConfig:
+@dataclass(frozen=True, kw_only=True, eq=False)
+class RunConfig(_ResolvedEquality):
     """Everything ``stackgan train`` needs besides paths: model, loss, training, stage."""
 
     stage: int

@@ -37,3 +37,12 @@ def test_to_dict_writes_what_ran_and_reads_back_the_same():
     again = from_dict(RunConfig, data)
     assert to_dict(again) == data
     assert (again.caption_mode, again.model.resolved_ca_nonlinearity) == ("single", "relu")
+
+
+def test_configs_are_equal_when_they_resolve_to_the_same_values():
+    assert ModelConfig() == ModelConfig(ca_nonlinearity="leaky_relu", uncond_head=False)
+    assert hash(ModelConfig()) == hash(ModelConfig(ca_nonlinearity="leaky_relu"))
+    assert ModelConfig() != ModelConfig(ca_nonlinearity="relu")
+    assert RunConfig(stage=1) == RunConfig(stage=1, train=TrainConfig(caption_mode="mean4"))
+    assert RunConfig(stage=1) != RunConfig(stage=2)
+    assert RunConfig(stage=1) != RunConfig(stage=1, train=TrainConfig(caption_mode="single"))
