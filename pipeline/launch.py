@@ -11,7 +11,7 @@
 * one rank: plain ``python``.
 
 torchrun forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT and SIGUSR1 to the workers, which
-checkpoint at the next step boundary and exit (see stackgan.training_loop).
+checkpoint at the next step boundary and exit (see stackgan.training.control).
 """
 
 from __future__ import annotations

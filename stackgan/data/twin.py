@@ -4,7 +4,7 @@ Every image shows a simple bird whose body colour, wing colour and size are stat
 in varied wording, in its 10 captions. Embeddings are a fixed, deterministic function
 of the caption text (bag of hashed word vectors plus hashed colour-part bindings) plus
 small seeded noise, so a model trained on the twin can learn something conditional and
-:mod:`stackgan.metrics.conditional` can measure it.
+:mod:`stackgan.evaluation.attributes` can measure it.
 
 Written exactly like the real data: Python-2 protocol-2 pickles that need latin1,
 float ``x y w h`` boxes, JPEGs of varying size (some grayscale, some CMYK), boxes that

@@ -144,7 +144,7 @@ def test_every_preset_sets_only_known_keys():
 
 
 def test_launch_single_process_and_standalone():
-    args = ["-m", "stackgan.train", "--config", "c.yaml"]
+    args = ["-m", "stackgan.cli.train", "--config", "c.yaml"]
     assert build_command(
         nodes=1,
         ranks_per_node=1,
