@@ -58,7 +58,19 @@ def setup_logging(rank: int = 0, *, with_time: bool = False) -> None:
         if with_time
         else "%(levelname)s %(message)s"
     )
-    logging.basicConfig(level=level, format=fmt, force=True)
+    handler = logging.StreamHandler(_CurrentStderr())  # type: ignore[arg-type]
+    logging.basicConfig(level=level, format=fmt, handlers=[handler], force=True)
+
+
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is at the time, so a command run in-process (tests,
+    notebooks) never logs into a stream that has since been replaced or closed."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 def add_tracking_arguments(
