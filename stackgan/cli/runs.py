@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from stackgan.cli.common import EXIT_FAILED, fail
+from stackgan.cli.common import EXIT_FAILED, EXIT_USAGE, fail
 from stackgan.tracking import configure_mlflow_environment
 from stackgan.tracking.compare import FORMATS, fetch_rows, render, split_list
 from stackgan.tracking.store import require_existing_sqlite_db
@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
     try:
         _print_table(args)
-    except (ValueError, MlflowException) as err:
+    except ValueError as err:  # unknown experiment or sort key, no such store
+        return fail(prog, ValueError(f"{args.tracking_uri}: {err}"), EXIT_USAGE)
+    except MlflowException as err:  # the store failed to answer
         return fail(prog, RuntimeError(f"{args.tracking_uri}: {err}"), EXIT_FAILED)
     return 0
 

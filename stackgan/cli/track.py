@@ -23,6 +23,7 @@ from pathlib import Path
 from stackgan.cli.common import EXIT_FAILED, EXIT_USAGE, KNOWN_ERRORS, fail
 from stackgan.tracking import (
     RUN_STATUSES,
+    TrackingStoreError,
     check_tracking_store,
     configure_mlflow_environment,
     resolve_tracking_uri,
@@ -156,8 +157,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args.tracking_uri = resolve_tracking_uri(args.tracking_uri, Path("."))
     try:
         return int(args.func(args))
-    except KNOWN_ERRORS as err:
-        return fail(prog, err, EXIT_FAILED)
+    except TrackingStoreError as err:  # the store is unusable: what `check` exists to find
+        return fail(prog, err, EXIT_FAILED if args.func is cmd_check else EXIT_USAGE)
+    except KNOWN_ERRORS as err:  # a bad run-id file, tag, param or metrics file
+        return fail(prog, err, EXIT_USAGE)
     except Exception as err:
         if not type(err).__module__.startswith("mlflow"):
             raise

@@ -136,9 +136,11 @@ def test_csv_through_module_entry_point(store: dict[str, Any]) -> None:
 def test_errors_exit_nonzero(
     store: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert runs.main(["--tracking-uri", store["uri"], "--experiment", "nope"]) == 1
-    assert "unknown experiment 'nope'" in capsys.readouterr().err
+    # Bad input is exit 2 with one line that names the store and what is wrong.
+    assert runs.main(["--tracking-uri", store["uri"], "--experiment", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown experiment 'nope'" in err and err.count("\n") == 1, err
     missing_db = f"sqlite:///{tmp_path}/none/mlflow.db"
-    assert runs.main(["--tracking-uri", missing_db]) == 1
+    assert runs.main(["--tracking-uri", missing_db]) == 2
     assert not (tmp_path / "none").exists()
-    assert runs.main(["--tracking-uri", store["uri"], "--sort", "bogus"]) == 1
+    assert runs.main(["--tracking-uri", store["uri"], "--sort", "bogus"]) == 2

@@ -433,7 +433,7 @@ def test_track_cli_parent_lifecycle(store: dict[str, Any], tmp_path: Path) -> No
     assert [a.path for a in client.list_artifacts(parent_id, "config")] == ["config/resolved.yaml"]
     assert len(client.search_runs([store["exp_id"]], "attributes.run_name = 'pipe'")) == 1
     missing = ["--tracking-uri", store["uri"], "--parent-run-id-file", str(tmp_path / "none")]
-    assert track.main(["finish-parent", *missing]) == 1
+    assert track.main(["finish-parent", *missing]) == 2  # a bad input file: exit 2
 
 
 def test_start_parent_rerun_with_a_changed_param_keeps_its_first_value(
