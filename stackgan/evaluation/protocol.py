@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stackgan.config import EvalConfig
 from stackgan.data.index import SplitIndex
 
 
@@ -21,11 +22,11 @@ from stackgan.data.index import SplitIndex
 class Protocol:
     """What determines the generated evaluation set."""
 
-    captions_per_image: int = 10
+    captions_per_image: int = EvalConfig.captions_per_image
     max_images: int | None = None  # None: every test image
-    batch_size: int = 64
-    seed: int = 100
-    use_ema: bool = True
+    batch_size: int = EvalConfig.batch_size
+    seed: int = EvalConfig.seed
+    use_ema: bool = EvalConfig.use_ema
 
 
 @dataclass

@@ -18,18 +18,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from stackgan.config import EvalConfig
+
 #: the inputs a metric can need besides the activation cache's arrays
 REAL_FEATURES = "real_features"
 
 
 @dataclass(frozen=True)
 class MetricOptions:
-    """Settings of the built-in metrics (the seed is the protocol's)."""
+    """Settings of the built-in metrics (defaults: :class:`~stackgan.config.EvalConfig`)."""
 
-    is_splits: int = 10
-    kid_subsets: int = 100
-    kid_subset_size: int = 1000
-    seed: int = 100
+    is_splits: int = EvalConfig.is_splits
+    kid_subsets: int = EvalConfig.kid_subsets
+    kid_subset_size: int = EvalConfig.kid_subset_size
+    seed: int = EvalConfig.seed
 
 
 @dataclass

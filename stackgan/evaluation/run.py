@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from stackgan import distributed as dist_utils
+from stackgan.config import EvalConfig
 from stackgan.evaluation.activations import generate_activations, read_cache, write_cache
 from stackgan.evaluation.grid import evaluation_grid
 from stackgan.evaluation.protocol import Protocol, Requests, load_requests
@@ -43,13 +44,13 @@ class EvalOptions:
 
     real_stats: Path | None = None  # stackgan evaluate real-stats output, for FID/KID
     attribute_classifier: Path | None = None  # twin attribute classifier (conditional accuracy)
-    require_metrics: bool = False  # missing weights or real stats are errors
+    require_metrics: bool = EvalConfig.require_metrics  # missing weights/real stats: errors
     recompute: bool = False  # ignore an existing activation cache
-    is_splits: int = 10
-    kid_subsets: int = 100
-    kid_subset_size: int = 1000
-    grid_captions: int = 6
-    grid_samples: int = 4
+    is_splits: int = EvalConfig.is_splits
+    kid_subsets: int = EvalConfig.kid_subsets
+    kid_subset_size: int = EvalConfig.kid_subset_size
+    grid_captions: int = EvalConfig.grid_captions
+    grid_samples: int = EvalConfig.grid_samples
     metrics: tuple[str, ...] | None = None  # registered metric names; None: every available
 
 
