@@ -353,14 +353,3 @@ def prepare_rule_environment(source_dir: str, python: str | None) -> None:
         bindir = os.path.dirname(python)
         rest = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != bindir]
         os.environ["PATH"] = os.pathsep.join([bindir, *rest])
-
-
-def resolve_tracking_uri(configured: str | None, results_dir: str) -> str:
-    """Config value, else ``$MLFLOW_TRACKING_URI``, else ``<results_dir>/mlflow.db`` (sqlite).
-
-    The default store is shared by every run under one results directory, so two pipeline
-    runs (``--config run=a`` / ``run=b``) land side by side in the same MLflow experiment.
-    """
-    from stackgan.tracking import resolve_tracking_uri as resolve
-
-    return resolve(configured, Path(results_dir))

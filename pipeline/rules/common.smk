@@ -15,9 +15,9 @@ from pipeline.settings import (  # noqa: E402
     PipelineConfigError,
     prepare_rule_environment,
     resolve,
-    resolve_tracking_uri,
     write_run_config,
 )
+from stackgan.tracking.store import resolve_tracking_uri  # noqa: E402
 
 try:
     S = resolve(config)

@@ -102,8 +102,12 @@ def absolute_sqlite_uri(uri: str) -> str:
     return f"{absolute}?{query}" if query else absolute
 
 
-def resolve_tracking_uri(configured: str | None, results_dir: Path) -> str:
+def resolve_tracking_uri(configured: str | None, results_dir: str | Path) -> str:
     """Pick the tracking URI: config value > ``MLFLOW_TRACKING_URI`` > embedded sqlite.
+
+    The one resolver, also used by the workflow: the default store is shared by every run
+    under one results directory, so two pipeline runs (``--config run=a`` / ``run=b``) land
+    side by side in the same MLflow experiment.
 
     Args:
         configured: URI from the run configuration (empty/None = not configured).
