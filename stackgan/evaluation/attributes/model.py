@@ -14,23 +14,26 @@ from stackgan.data.imagesets import to_float_images
 from stackgan.data.twin import COLOUR_NAMES
 
 ATTRIBUTES = ("body", "wing")
-CLASSIFIER_FORMAT = "stackgan-attribute-classifier/1"
+CLASSIFIER_FORMAT = "stackgan-attribute-classifier/2"  # /2: reads at 32 px
 
 
 class AttributeClassifier(nn.Module):
-    """Small CNN: 64x64 RGB in [-1, 1] -> logits for body colour and wing colour."""
+    """Small CNN: 64x64 RGB in [-1, 1] (read at 32 px) -> logits for body and wing colour."""
 
     def __init__(self, num_colours: int = len(COLOUR_NAMES), width: int = 32) -> None:
         super().__init__()
         w = width
+        # Colour masses are all it reads, so it works at 32 px: 2.6x faster to train than
+        # at 64 px, and no less accurate on held-out real images (docs/benchmarks.md).
         self.features = nn.Sequential(
-            nn.Conv2d(3, w, 3, stride=2, padding=1),  # [B, w, 32, 32]
+            nn.AvgPool2d(2),  # [B, 3, 32, 32]
+            nn.Conv2d(3, w, 3, stride=2, padding=1),  # [B, w, 16, 16]
             nn.BatchNorm2d(w),
             nn.ReLU(inplace=True),
-            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1),  # [B, 2w, 16, 16]
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1),  # [B, 2w, 8, 8]
             nn.BatchNorm2d(2 * w),
             nn.ReLU(inplace=True),
-            nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1),  # [B, 4w, 8, 8]
+            nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1),  # [B, 4w, 4, 4]
             nn.BatchNorm2d(4 * w),
             nn.ReLU(inplace=True),
             nn.AdaptiveAvgPool2d(1),
