@@ -135,9 +135,20 @@ class LossConfig:
     # Stage-II only, not in the paper (0 = off): weight of an L1 tie between the 16x16 block
     # means of the Stage-II image and of its Stage-I input, so Stage-II keeps layout and colours
     stage_consistency: float = 0.0
+    # Not in the paper (0 = off; needs model.d_projection): weight of an image-to-text
+    # InfoNCE on D's projection scores, for D on real images and for G on its fakes
+    contrastive: float = 0.0
+    # Not in the paper (0 = off; needs the redrawn G-step fakes): weight of the mode-seeking
+    # term of MSGAN (Mao et al., CVPR 2019), 1 / (|G(t, z1) - G(t, z2)| / |z1 - z2|), on
+    # half the batch drawn twice, so G cannot ignore its noise
+    mode_seeking: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.kl_weight >= 0, "loss.kl_weight", f"must be >= 0, got {self.kl_weight}")
+        _check(self.contrastive >= 0, "loss.contrastive", f"must be >= 0, got {self.contrastive}")
+        _check(
+            self.mode_seeking >= 0, "loss.mode_seeking", f"must be >= 0, got {self.mode_seeking}"
+        )
         _check(
             self.stage_consistency >= 0,
             "loss.stage_consistency",
@@ -327,6 +338,16 @@ class RunConfig(_ResolvedEquality):
 
     def __post_init__(self) -> None:
         _check(self.stage in (1, 2), "stage", f"must be 1 or 2, got {self.stage}")
+        _check(
+            self.loss.contrastive == 0 or self.model.d_projection,
+            "loss.contrastive",
+            "needs model.d_projection: true (it scores pairs with D's projection term)",
+        )
+        _check(
+            self.loss.mode_seeking == 0 or self.g_step_fakes == "redraw",
+            "loss.mode_seeking",
+            "needs train.g_step_fakes: redraw (the G step draws its own fakes twice)",
+        )
 
     @property
     def caption_mode(self) -> CaptionMode:

@@ -42,6 +42,47 @@ def stage_consistency_loss(high: torch.Tensor, low: torch.Tensor, blocks: int = 
     )
 
 
+def contrastive_loss(
+    pooled: torch.Tensor, cond_proj: torch.Tensor, class_ids: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Image-to-text InfoNCE over a batch on the projection D's pair scores (not in the paper).
+
+    ``scores[i, j] = <pooled_i, cond_proj_j>`` is the projection term of image i with
+    condition j; each image must pick its own condition (the diagonal) among the batch's,
+    as in the image-sentence contrastive loss of XMC-GAN (Zhang et al., CVPR 2021), but on
+    D's existing projection so it adds no parameters. Conditions of the image's own class
+    other than its own are left out of the softmax (they are not wrong captions).
+
+    Args:
+        pooled: D's pooled image features [B, C].
+        cond_proj: D's projected conditions [B, C], row i matching image i.
+        class_ids: class of each row [B], or None to use every other row as a negative.
+    """
+    scores = pooled.float() @ cond_proj.float().t()  # [B, B]
+    if class_ids is not None:
+        ids = class_ids.reshape(-1).to(scores.device)
+        same = (ids[:, None] == ids[None, :]) & ~torch.eye(
+            ids.shape[0], dtype=torch.bool, device=scores.device
+        )
+        scores = scores.masked_fill(same, float("-inf"))
+    target = torch.arange(scores.shape[0], device=scores.device)
+    return F.cross_entropy(scores, target)
+
+
+def mode_seeking_loss(
+    fake_a: torch.Tensor, fake_b: torch.Tensor, z_a: torch.Tensor, z_b: torch.Tensor
+) -> torch.Tensor:
+    """MSGAN's mode-seeking term (Mao et al., CVPR 2019; not in StackGAN).
+
+    ``1 / (mean|fake_a - fake_b| / mean|z_a - z_b| + 1e-5)`` for two fakes of the same
+    captions from different noise: minimising it pushes G to make its images depend on z.
+    """
+    ratio = (fake_a.float() - fake_b.float()).abs().mean() / (
+        (z_a.float() - z_b.float()).abs().mean()
+    )
+    return 1.0 / (ratio + 1e-5)
+
+
 def d_loss(
     real: torch.Tensor,
     wrong: torch.Tensor,

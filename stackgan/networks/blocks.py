@@ -24,12 +24,18 @@ class DOutput(NamedTuple):
 
     ``logits`` [B] scores (img, cond); ``wrong_logits`` [B'] scores the first B' image
     rows against ``wrong_cond`` (None when no wrong_cond was given); ``uncond_logits`` [B]
-    is the unconditional head (None when the network has none).
+    is the unconditional head (None when the network has none). With a projection head,
+    ``pooled`` [B, C] are the mean-pooled image features and ``cond_proj`` [B, C] the
+    projected conditions, so ``pooled @ cond_proj.T`` scores every image against every
+    condition of the batch (the projection term of each pair; see
+    :func:`stackgan.losses.contrastive_loss`); both None otherwise.
     """
 
     logits: torch.Tensor
     wrong_logits: torch.Tensor | None
     uncond_logits: torch.Tensor | None
+    pooled: torch.Tensor | None = None
+    cond_proj: torch.Tensor | None = None
 
 
 def check_arch(arch: str) -> None:
@@ -368,4 +374,7 @@ def discriminator_output(
         if wrong_cond is not None:
             wrong = cond_head(feats[:n_wrong], wrong_cond)  # [B']
     uncond = uncond_head(feats) if uncond_head is not None else None  # [B]
-    return DOutput(logits, wrong, uncond)
+    if cond_head.projection is None:
+        return DOutput(logits, wrong, uncond)
+    pooled = feats.float().mean(dim=(2, 3))  # [B, C], as in CondLogits
+    return DOutput(logits, wrong, uncond, pooled, cond_head.projection(cond.float()))

@@ -42,7 +42,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from stackgan import distributed as dist_utils
 from stackgan.config import RunConfig
 from stackgan.data.imagesets import to_float_images
-from stackgan.losses import mismatched_condition
+from stackgan.losses import mismatched_condition, mode_seeking_loss
 from stackgan.networks import d_condition
 from stackgan.runtime import resolve_amp
 from stackgan.sampling import Sampler
@@ -299,7 +299,7 @@ class _Trainer:
         class_ids = batch["class_id"].to(device, non_blocking=True)
         z = torch.randn(real.shape[0], self.cfg.model.z_dim, device=device, generator=st.noise)
         loss_d, parts, fakes, wrong = self._d_main(real, emb, class_ids, z)
-        loss_g, g_parts = self._g_main(real, emb, fakes, wrong)
+        loss_g, g_parts = self._g_main(real, emb, fakes, wrong, class_ids)
         # Guards and statistics.
         losses = torch.stack([loss_d.detach().float(), loss_g.detach().float()])
         if not bool(torch.isfinite(losses).all()):
@@ -331,7 +331,7 @@ class _Trainer:
             st.scaler_d.scale(loss).backward()
 
         loss_d, parts = d_update(
-            self.d_run, self.ctx, real, fakes[0].detach(), cond, wrong, d_backward
+            self.d_run, self.ctx, real, fakes[0].detach(), cond, wrong, d_backward, class_ids
         )
         st.scaler_d.step(st.opt_d)
         st.scaler_d.update()
@@ -339,21 +339,42 @@ class _Trainer:
         return loss_d, parts, fakes, wrong
 
     def _g_main(
-        self, real: torch.Tensor, emb: torch.Tensor, fakes: Fakes, wrong: torch.Tensor
+        self,
+        real: torch.Tensor,
+        emb: torch.Tensor,
+        fakes: Fakes,
+        wrong: torch.Tensor,
+        class_ids: torch.Tensor,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Gmain: D frozen, fakes reused or redrawn, the G update, then the EMA."""
         st, cfg = self.state, self.cfg
         st.D.requires_grad_(False)
+        ms_pair = None
         if cfg.g_step_fakes != "reuse":
-            z = torch.randn(
-                real.shape[0], cfg.model.z_dim, device=self.info.device, generator=st.noise
-            )
-            with self.autocast():
-                fakes = self.stage.generate_with_input(self.g_run, emb, z)
+            n = real.shape[0]
+            z = torch.randn(n, cfg.model.z_dim, device=self.info.device, generator=st.noise)
+            if cfg.loss.mode_seeking > 0:  # the first half again with other noise, same pass
+                half = max(1, n // 2)
+                z_again = torch.randn(
+                    half, cfg.model.z_dim, device=self.info.device, generator=st.noise
+                )
+                with self.autocast():
+                    both = self.stage.generate_with_input(
+                        self.g_run, torch.cat([emb, emb[:half]]), torch.cat([z, z_again])
+                    )
+                fakes = tuple(None if t is None else t[:n] for t in both)  # type: ignore[assignment]
+                ms_pair = (both[0][:half], both[0][n:], z[:half], z_again)
+            else:
+                with self.autocast():
+                    fakes = self.stage.generate_with_input(self.g_run, emb, z)
         fake, mu, logvar, low = fakes
         loss_g, g_parts = g_loss_terms(
-            self.d_run, self.ctx, real, fake, emb, mu, logvar, low, wrong
+            self.d_run, self.ctx, real, fake, emb, mu, logvar, low, wrong, class_ids
         )
+        if ms_pair is not None:
+            ms = mode_seeking_loss(*ms_pair)
+            loss_g = loss_g + cfg.loss.mode_seeking * ms
+            g_parts["mode_seeking"] = ms.detach()
         st.opt_g.zero_grad(set_to_none=True)
         st.scaler_g.scale(loss_g).backward()
         st.scaler_g.step(st.opt_g)

@@ -11,6 +11,9 @@ code on meta tensors. Optimiser steps, EMA and logging stay with the caller.
   at a time so that only one D graph is alive.
 * :func:`g_loss_terms`: D frozen by the caller; non-saturating loss + ``kl_weight`` x KL
   (+ ``stage_consistency`` x the Stage-II L1 tie to the Stage-I image).
+
+With ``loss.contrastive`` both also add that weight x the image-to-text InfoNCE on D's
+projection scores: D on the real images, G on its fakes.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ import torch
 from torch import nn
 
 from stackgan.config import LossConfig, ModelConfig
-from stackgan.losses import d_loss, g_loss, kl_loss, stage_consistency_loss
+from stackgan.losses import contrastive_loss, d_loss, g_loss, kl_loss, stage_consistency_loss
 from stackgan.networks import d_condition
+from stackgan.networks.blocks import DOutput
 
 ContextFactory = Callable[[], contextlib.AbstractContextManager]
 
@@ -62,13 +66,16 @@ def d_update(
     cond: torch.Tensor,
     wrong: torch.Tensor,
     backward: Callable[[torch.Tensor], None],
+    class_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Forward D, back-propagate the D loss with ``backward``; (detached loss, parts).
 
     ``fake`` must already be detached; ``cond`` [B, .] matches ``real`` and ``fake`` row by
-    row, ``wrong`` [B', .] are the mismatched conditions for the first B' real images.
+    row, ``wrong`` [B', .] are the mismatched conditions for the first B' real images;
+    ``class_ids`` [B] keep same-class captions out of the contrastive term's negatives.
     """
     uw = ctx.loss.uncond_weight
+    cw = ctx.loss.contrastive
     if ctx.joint:
         # One pass over [real; fake] and one head call over the matching and mismatched
         # pairs: D's BatchNorm statistics are shared, so D has to match image and text
@@ -85,6 +92,10 @@ def d_update(
                 None if unc is None else unc[n:],
                 uncond_weight=uw,
             )
+            if cw > 0:
+                contrast = _contrast(out, slice(0, n), class_ids)
+                loss = loss + cw * contrast
+                parts["contrastive_d"] = contrast.detach()
         backward(loss)
         return loss.detach(), parts
     # The D loss is a sum of per-pass terms, so the real pass (real and mismatched pairs)
@@ -100,6 +111,9 @@ def d_update(
             _zeros(out_real.uncond_logits),
             uncond_weight=uw,
         )
+        contrast = _contrast(out_real, slice(None), class_ids) if cw > 0 else None
+        if contrast is not None:
+            part_real = part_real + cw * contrast
     with ctx.d_no_sync():
         backward(part_real)
     with ctx.autocast():
@@ -122,7 +136,17 @@ def d_update(
             out_fake.uncond_logits,
             uncond_weight=uw,
         )
+        if contrast is not None:
+            loss = loss + cw * contrast
+            parts["contrastive_d"] = contrast.detach()
     return loss.detach(), parts
+
+
+def _contrast(out: DOutput, rows: slice, class_ids: torch.Tensor | None) -> torch.Tensor:
+    """The contrastive term of the image rows ``rows`` of ``out`` against their conditions."""
+    if out.pooled is None or out.cond_proj is None:
+        raise ValueError("loss.contrastive needs a projection D (model.d_projection: true)")
+    return contrastive_loss(out.pooled[rows], out.cond_proj[rows], class_ids)
 
 
 def g_loss_terms(
@@ -135,11 +159,13 @@ def g_loss_terms(
     logvar: torch.Tensor,
     low: torch.Tensor | None,
     wrong: torch.Tensor | None,
+    class_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The G loss (to back-propagate) and its parts, with D's parameters frozen by the caller.
 
     ``low`` is the Stage-I image a Stage-II fake was made from (None for Stage-I);
-    ``wrong`` the D step's mismatched conditions (needed only with ``joint``).
+    ``wrong`` the D step's mismatched conditions (needed only with ``joint``);
+    ``class_ids`` as for :func:`d_update`.
     """
     with ctx.autocast(), ctx.d_no_sync():
         cond_g = d_condition(ctx.model, emb, mu)
@@ -155,13 +181,19 @@ def g_loss_terms(
             n = real.shape[0]
             logits = out.logits[n:]
             unc = None if out.uncond_logits is None else out.uncond_logits[n:]
+            fake_rows = slice(n, None)
         else:
             out = D(fake, cond_g)
             logits, unc = out.logits, out.uncond_logits
+            fake_rows = slice(None)
         adv = g_loss(logits, unc, uncond_weight=ctx.loss.uncond_weight)
         kl = kl_loss(mu.float(), logvar.float())
         loss = adv + ctx.loss.kl_weight * kl
         parts = {"loss_g_adv": adv, "kl": kl}
+        if ctx.loss.contrastive > 0:
+            contrast = _contrast(out, fake_rows, class_ids)
+            loss = loss + ctx.loss.contrastive * contrast
+            parts["contrastive_g"] = contrast
         if low is not None and ctx.loss.stage_consistency > 0:
             consistency = stage_consistency_loss(fake, low)
             loss = loss + ctx.loss.stage_consistency * consistency

@@ -237,3 +237,27 @@ def test_generate_from_npy(stage1_network, tmp_path):
         "00001_0.png",
         "grid.png",
     ]
+
+
+@pytest.mark.parametrize("d_batch", ["joint", "separate"])
+def test_contrastive_and_mode_seeking_terms_train_and_are_logged(tiny_shards, tmp_path, d_batch):
+    """loss.contrastive and loss.mode_seeking: the loop runs them (both D batch layouts), logs
+    their values every step, and they change the trajectory (the G step draws extra fakes)."""
+    base = run_config(1, {"d_projection": True}, max_steps=4, d_batch=d_batch)
+    finals = {}
+    for name, loss in [("plain", {}), ("both", {"contrastive": 1.0, "mode_seeking": 1.0})]:
+        cfg = write_config(tmp_path / f"{name}.yaml", {**base, "loss": loss})
+        work = tmp_path / name
+        run(python_cmd(*train_args(cfg, tiny_shards / "train-64", work, work / "n.pt")))
+        rows = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == [1, 2, 3, 4]
+        keys = {"contrastive_d", "contrastive_g", "mode_seeking"}
+        if loss:
+            for r in rows:
+                assert keys <= set(r), sorted(r)
+                assert all(math.isfinite(r[k]) and r[k] >= 0 for k in keys)
+        else:
+            assert not keys & set(rows[0])
+        finals[name] = read_network(work / "n.pt").G
+    differ = [not torch.equal(v, finals["both"][k]) for k, v in finals["plain"].items()]
+    assert any(differ)

@@ -46,3 +46,36 @@ def test_configs_are_equal_when_they_resolve_to_the_same_values():
     assert RunConfig(stage=1) == RunConfig(stage=1, train=TrainConfig(caption_mode="mean4"))
     assert RunConfig(stage=1) != RunConfig(stage=2)
     assert RunConfig(stage=1) != RunConfig(stage=1, train=TrainConfig(caption_mode="single"))
+
+
+def test_contrastive_needs_the_projection_d_and_a_non_negative_weight():
+    import pytest
+
+    from stackgan.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"loss\.contrastive.*d_projection"):
+        from_dict(RunConfig, {"stage": 1, "loss": {"contrastive": 1.0}})
+    with pytest.raises(ConfigError, match=r"loss\.contrastive.*>= 0"):
+        from_dict(RunConfig, {"stage": 1, "loss": {"contrastive": -1.0}})
+    cfg = from_dict(
+        RunConfig, {"stage": 1, "loss": {"contrastive": 1.0}, "model": {"d_projection": True}}
+    )
+    assert cfg.loss.contrastive == 1.0
+
+
+def test_mode_seeking_needs_the_redrawn_g_step_fakes():
+    import pytest
+
+    from stackgan.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"loss\.mode_seeking.*redraw"):
+        from_dict(
+            RunConfig,
+            {"stage": 1, "loss": {"mode_seeking": 1.0}, "train": {"g_step_fakes": "reuse"}},
+        )
+    with pytest.raises(ConfigError, match=r"loss\.mode_seeking.*redraw"):
+        from_dict(
+            RunConfig, {"stage": 1, "loss": {"mode_seeking": 1.0}, "model": {"arch": "pytorch"}}
+        )
+    cfg = from_dict(RunConfig, {"stage": 1, "loss": {"mode_seeking": 1.0}})  # paper: redraw
+    assert cfg.g_step_fakes == "redraw"

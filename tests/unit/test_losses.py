@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from stackgan.losses import (
+    contrastive_loss,
     d_loss,
     g_loss,
     kl_loss,
@@ -209,3 +210,59 @@ def test_hard_mismatch_mixes_nearest_other_class_and_uniform_rows():
             hits += i in nearest and j == nearest[i]
     # half the rows take the nearest other class, the rest a uniform one (1/5 of them nearest)
     assert 0.45 < hits / (40 * 4) < 0.75
+
+
+def test_contrastive_loss_is_image_to_text_cross_entropy_hand_computed():
+    pooled = t([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    proj = t([[2.0, 0.0], [0.5, 1.0], [0.0, -1.0]])
+    scores = [
+        [sum(a * b for a, b in zip(p, q, strict=True)) for q in proj.tolist()]
+        for p in pooled.tolist()
+    ]
+    expected = mean(
+        math.log(sum(math.exp(s) for s in row)) - row[i] for i, row in enumerate(scores)
+    )
+    assert contrastive_loss(pooled, proj).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_contrastive_loss_leaves_same_class_captions_out_of_the_negatives():
+    pooled = t([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    proj = t([[3.0, 0.0], [0.0, 3.0], [3.0, 3.0]])
+    ids = torch.tensor([5, 5, 7])
+    scores = (pooled @ proj.t()).tolist()
+    # rows 0 and 1 share class 5: each one's softmax excludes the other's caption
+    kept = [[0, 2], [1, 2], [0, 1, 2]]
+    expected = mean(
+        math.log(sum(math.exp(scores[i][j]) for j in kept[i])) - scores[i][i] for i in range(3)
+    )
+    got = contrastive_loss(pooled, proj, ids).item()
+    assert got == pytest.approx(expected, rel=1e-6)
+    assert got < contrastive_loss(pooled, proj).item()
+
+
+def test_contrastive_loss_pulls_each_image_towards_its_own_caption():
+    torch.manual_seed(0)
+    pooled = torch.randn(6, 4, requires_grad=True)
+    proj = torch.randn(6, 4)
+    contrastive_loss(pooled, proj).backward()
+    # gradient descent raises the diagonal score relative to the row's other scores
+    step = pooled.detach() - 0.1 * pooled.grad
+    before = pooled.detach() @ proj.t()
+    after = step @ proj.t()
+    margin = lambda s: s.diagonal() - torch.logsumexp(s, dim=1)  # noqa: E731
+    assert bool((margin(after) > margin(before)).all())
+
+
+def test_mode_seeking_loss_is_the_inverse_image_to_noise_distance_ratio():
+    from stackgan.losses import mode_seeking_loss
+
+    a, b = torch.zeros(2, 3, 4, 4), torch.full((2, 3, 4, 4), 0.5)
+    za, zb = torch.zeros(2, 8), torch.full((2, 8), 2.0)
+    assert mode_seeking_loss(a, b, za, zb).item() == pytest.approx(1.0 / (0.25 + 1e-5))
+    # identical images from different noise: the largest penalty; the gradient pushes apart
+    x = torch.zeros(2, 3, 4, 4, requires_grad=True)
+    y = torch.full((2, 3, 4, 4), 0.1)
+    loss = mode_seeking_loss(x, y, za, zb)
+    loss.backward()
+    assert bool((x.grad > 0).all())  # moving x down (away from y) lowers the loss
+    assert mode_seeking_loss(a, a, za, zb).item() == pytest.approx(1e5)

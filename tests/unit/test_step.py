@@ -1,0 +1,85 @@
+"""The D and G updates of one training step with the contrastive term (loss.contrastive)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from stackgan.config import LossConfig, ModelConfig
+from stackgan.losses import contrastive_loss
+from stackgan.networks import build_networks
+from stackgan.training.step import StepContext, d_update, g_loss_terms
+
+TINY = {"gf_dim": 16, "df_dim": 8, "cond_dim": 16, "d_text_dim": 16, "text_dim": 32, "z_dim": 8}
+
+
+def _setup(projection: bool = True):
+    torch.manual_seed(0)
+    model = ModelConfig(arch="paper", d_projection=projection, **TINY)
+    _, D = build_networks(model, 1)
+    real, fake = torch.randn(6, 3, 64, 64), torch.randn(6, 3, 64, 64)
+    cond = torch.randn(6, 32)
+    ids = torch.tensor([1, 1, 2, 3, 4, 5])
+    return model, D, real, fake, cond, cond.roll(1, 0), ids
+
+
+def test_projection_d_exposes_the_pair_scores_of_its_projection_term():
+    _, D, real, _, cond, _, _ = _setup()
+    D.eval()
+    out = D(real, cond)
+    feats = D.encode(real)
+    torch.testing.assert_close(out.pooled, feats.mean((2, 3)))
+    # the diagonal of pooled @ cond_proj.T is the projection term inside the logit
+    head = D.cond_head
+    plain = copy.deepcopy(D)
+    plain.cond_head.projection = None
+    term = (out.pooled @ out.cond_proj.t()).diagonal()
+    torch.testing.assert_close(out.logits, plain(real, cond).logits + term)
+    assert head.projection is not None
+    _, D0 = build_networks(ModelConfig(arch="paper", **TINY), 1)
+    assert D0(real, cond).pooled is None
+
+
+@pytest.mark.parametrize("joint", [True, False])
+def test_d_update_adds_the_weighted_contrastive_term_on_real_images(joint):
+    model, D, real, fake, cond, wrong, ids = _setup()
+    D.eval()  # BatchNorm in eval mode: both calls see the same features
+    losses = {}
+    for w in (0.0, 2.0):
+        ctx = StepContext(model=model, loss=LossConfig(contrastive=w), joint=joint)
+        loss, parts = d_update(D, ctx, real, fake, cond, wrong, lambda x: x.backward(), ids)
+        losses[w] = (loss, parts)
+        D.zero_grad()
+    out = D(real, cond)
+    want = contrastive_loss(out.pooled, out.cond_proj, ids)
+    assert "contrastive_d" not in losses[0.0][1]
+    torch.testing.assert_close(losses[2.0][1]["contrastive_d"], want.detach())
+    torch.testing.assert_close(losses[2.0][0], losses[0.0][0] + 2.0 * want.detach())
+
+
+@pytest.mark.parametrize("joint", [True, False])
+def test_g_loss_adds_the_contrastive_term_on_the_fakes(joint):
+    model, D, real, fake, cond, wrong, ids = _setup()
+    D.eval()
+    fake.requires_grad_(True)
+    mu, logvar = torch.zeros(6, 16), torch.zeros(6, 16)
+    ctx0 = StepContext(model=model, loss=LossConfig(contrastive=0.0), joint=joint)
+    ctx1 = StepContext(model=model, loss=LossConfig(contrastive=0.5), joint=joint)
+    args = (D, real, fake, cond, mu, logvar, None, wrong, ids)
+    base, _ = g_loss_terms(args[0], ctx0, *args[1:])
+    loss, parts = g_loss_terms(args[0], ctx1, *args[1:])
+    out = D(fake, cond)
+    want = contrastive_loss(out.pooled, out.cond_proj, ids)
+    torch.testing.assert_close(parts["contrastive_g"], want)
+    torch.testing.assert_close(loss, base + 0.5 * want)
+    loss.backward()
+    assert fake.grad is not None and bool(fake.grad.abs().sum() > 0)
+
+
+def test_contrastive_without_projection_is_an_error():
+    model, D, real, fake, cond, wrong, ids = _setup(projection=False)
+    ctx = StepContext(model=model, loss=LossConfig(contrastive=1.0), joint=True)
+    with pytest.raises(ValueError, match="d_projection"):
+        d_update(D, ctx, real, fake, cond, wrong, lambda x: x.backward(), ids)
