@@ -74,8 +74,7 @@ def d_update(
     row, ``wrong`` [B', .] are the mismatched conditions for the first B' real images;
     ``class_ids`` [B] keep same-class captions out of the contrastive term's negatives.
     """
-    uw = ctx.loss.uncond_weight
-    cw = ctx.loss.contrastive
+    uw, cw = ctx.loss.uncond_weight, ctx.loss.contrastive
     if ctx.joint:
         # One pass over [real; fake] and one head call over the matching and mismatched
         # pairs: D's BatchNorm statistics are shared, so D has to match image and text
@@ -112,8 +111,7 @@ def d_update(
             uncond_weight=uw,
         )
         contrast = _contrast(out_real, slice(None), class_ids) if cw > 0 else None
-        if contrast is not None:
-            part_real = part_real + cw * contrast
+        part_real = part_real if contrast is None else part_real + cw * contrast
     with ctx.d_no_sync():
         backward(part_real)
     with ctx.autocast():
