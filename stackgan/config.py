@@ -18,6 +18,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
+from stackgan.augment import POLICIES as AUGMENT_POLICIES
 from stackgan.errors import StackGANError
 
 Arch = Literal["paper", "pytorch"]
@@ -192,6 +193,9 @@ class TrainConfig:
     # D's batches: "separate" real and fake passes (the references: own BatchNorm statistics
     # each) or one "joint" [real; fake] pass in both the D and the G step (not in the paper)
     d_batch: DBatch = "separate"
+    # Differentiable augmentation of every D input, real and fake (DiffAugment; not in the
+    # paper): geometric policies only, "translation" and/or "cutout" (stackgan.augment)
+    d_augment: tuple[str, ...] = ()
     frozen_stage1_bn: FrozenBn = "eval"  # "train" reproduces the reference's BN drift in Stage-II
     # bf16 autocast (CPU/GPU), fp16 + GradScaler (GPU only), or "auto": bf16 where the device
     # computes it natively, else fp32 (stackgan.runtime.resolve_amp)
@@ -241,6 +245,12 @@ class TrainConfig:
             self.d_batch in get_args(DBatch),
             "train.d_batch",
             f"expected one of {get_args(DBatch)}, got {self.d_batch!r}",
+        )
+        _check(
+            all(p in AUGMENT_POLICIES for p in self.d_augment)
+            and len(set(self.d_augment)) == len(self.d_augment),
+            "train.d_augment",
+            f"expected distinct names from {list(AUGMENT_POLICIES)}, got {list(self.d_augment)}",
         )
         _check(
             self.ema_bn in get_args(EmaBn),

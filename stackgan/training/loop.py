@@ -40,6 +40,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from stackgan import distributed as dist_utils
+from stackgan.augment import diff_augment
 from stackgan.config import RunConfig
 from stackgan.data.imagesets import to_float_images
 from stackgan.losses import mismatched_condition, mode_seeking_loss
@@ -226,8 +227,10 @@ class _Trainer:
         mismatch = torch.Generator(device=device)
         mismatch.manual_seed(t.seed * 1_000_003 + 29 + info.rank)
         torch.manual_seed(t.seed * 1_000_003 + 41 + info.rank)  # CA noise and other global draws
+        augment = torch.Generator(device=device)
+        augment.manual_seed(t.seed * 1_000_003 + 53 + info.rank)
         state = TrainState(
-            G, D, G_ema, stage.frozen_g1, opt_g, opt_d, scaler_g, scaler_d, noise, mismatch
+            G, D, G_ema, stage.frozen_g1, opt_g, opt_d, scaler_g, scaler_d, noise, mismatch, augment
         )
         return cls(cfg, stage, info, state, amp_dtype, memory_format)
 
@@ -265,12 +268,17 @@ class _Trainer:
             joint=self.cfg.train.d_batch == "joint",
             autocast=self.autocast,
             d_no_sync=self.d_frozen,
+            augment=self.augment if self.cfg.train.d_augment else (lambda x: x),
         )
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Mixed precision for forward passes (a no-op in fp32)."""
         dtype = self.amp_dtype
         return torch.autocast(self.info.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        """D's view of an image batch under ``train.d_augment`` (this rank's own stream)."""
+        return diff_augment(images, self.cfg.train.d_augment, self.state.augment)
 
     def d_frozen(self) -> contextlib.AbstractContextManager:
         """DDP ``no_sync`` of D (a no-op in one process)."""

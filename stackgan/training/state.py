@@ -151,7 +151,8 @@ class TrainState:
     """The live objects of one rank whose state decides the rest of the run.
 
     ``G1`` is the frozen Stage-I G of Stage-II (its buffers drift in the reference's
-    train-mode BN), ``noise`` draws z, ``mismatch`` the mismatched captions.
+    train-mode BN), ``noise`` draws z, ``mismatch`` the mismatched captions, ``augment``
+    the augmentation of D's inputs.
     """
 
     G: nn.Module
@@ -164,6 +165,7 @@ class TrainState:
     scaler_d: torch.amp.GradScaler
     noise: torch.Generator
     mismatch: torch.Generator
+    augment: torch.Generator | None = None
 
     def nets(self) -> dict[str, nn.Module | None]:
         """ "G", "D", "G_ema", "G1" -> module or None (the state file's order)."""
@@ -181,7 +183,11 @@ class TrainState:
         atomically and prunes to ``train.keep_checkpoints``."""
         nets = self.nets()
         rng = dist_utils.all_gather_object(
-            {"rng": capture_rng(self.noise), "mismatch": self.mismatch.get_state()}
+            {
+                "rng": capture_rng(self.noise),
+                "mismatch": self.mismatch.get_state(),
+                "augment": None if self.augment is None else self.augment.get_state(),
+            }
         )
         buffers = dist_utils.all_gather_object(
             {k: own_buffers(m) if m is not None else None for k, m in nets.items()}
@@ -250,6 +256,8 @@ class TrainState:
         mine = state["rng"][rank]
         restore_rng(mine["rng"], self.noise)
         self.mismatch.set_state(mine["mismatch"])
+        if self.augment is not None and mine.get("augment") is not None:
+            self.augment.set_state(mine["augment"])
         own = state["rank_buffers"][rank]
         for key, module in self.nets().items():
             if module is not None and own.get(key) is not None:

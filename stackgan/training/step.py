@@ -12,8 +12,10 @@ code on meta tensors. Optimiser steps, EMA and logging stay with the caller.
 * :func:`g_loss_terms`: D frozen by the caller; non-saturating loss + ``kl_weight`` x KL
   (+ ``stage_consistency`` x the Stage-II L1 tie to the Stage-I image).
 
-With ``loss.contrastive`` both also add that weight x the image-to-text InfoNCE on D's
-projection scores: D on the real images, G on its fakes.
+With ``train.d_augment`` D sees every image through the same differentiable
+augmentation (:mod:`stackgan.augment`). With ``loss.contrastive`` both also add that
+weight x the image-to-text InfoNCE on D's projection scores: D on the real images, G on
+its fakes.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class StepContext:
         autocast: mixed-precision context for forward passes (no-op by default).
         d_no_sync: DDP ``no_sync`` of D (no-op by default): the first of the two
             separate D backward passes and the G step's D forward do not all-reduce.
+        augment: applied to every image batch before D sees it, in the D and the G step
+            (``train.d_augment``; the identity by default).
     """
 
     model: ModelConfig
@@ -51,6 +55,7 @@ class StepContext:
     joint: bool = False
     autocast: ContextFactory = field(default=contextlib.nullcontext)
     d_no_sync: ContextFactory = field(default=contextlib.nullcontext)
+    augment: Callable[[torch.Tensor], torch.Tensor] = field(default=lambda x: x)
 
 
 def _zeros(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -80,7 +85,8 @@ def d_update(
         # pairs: D's BatchNorm statistics are shared, so D has to match image and text
         # per sample instead of telling batches apart by their statistics.
         with ctx.autocast():
-            out = D(torch.cat([real, fake]), torch.cat([cond, cond]), wrong, shared_head=True)
+            images = ctx.augment(torch.cat([real, fake]))
+            out = D(images, torch.cat([cond, cond]), wrong, shared_head=True)
             n = real.shape[0]
             unc = out.uncond_logits
             loss, parts = d_loss(
@@ -101,7 +107,7 @@ def d_update(
     # is back-propagated before the fake pass runs: one D graph alive at a time.
     # Placeholders (zeros, no gradient) stand in for the other pass's logits.
     with ctx.d_no_sync(), ctx.autocast():
-        out_real = D(real, cond, wrong)
+        out_real = D(ctx.augment(real), cond, wrong)
         part_real, _ = d_loss(
             out_real.logits,
             out_real.wrong_logits,
@@ -115,7 +121,7 @@ def d_update(
     with ctx.d_no_sync():
         backward(part_real)
     with ctx.autocast():
-        out_fake = D(fake, cond)
+        out_fake = D(ctx.augment(fake), cond)
         part_fake, _ = d_loss(
             _zeros(out_real.logits),
             _zeros(out_real.wrong_logits),
@@ -171,7 +177,7 @@ def g_loss_terms(
             if wrong is None:
                 raise ValueError("a joint D batch needs the D step's mismatched conditions")
             out = D(
-                torch.cat([real, fake]),
+                ctx.augment(torch.cat([real, fake])),
                 torch.cat([cond_g, cond_g]),
                 wrong.detach(),
                 shared_head=True,
@@ -181,7 +187,7 @@ def g_loss_terms(
             unc = None if out.uncond_logits is None else out.uncond_logits[n:]
             fake_rows = slice(n, None)
         else:
-            out = D(fake, cond_g)
+            out = D(ctx.augment(fake), cond_g)
             logits, unc = out.logits, out.uncond_logits
             fake_rows = slice(None)
         adv = g_loss(logits, unc, uncond_weight=ctx.loss.uncond_weight)

@@ -95,6 +95,7 @@ def test_sigkill_and_restart_is_bit_identical(tiny_shards, tmp_path, nproc):
         checkpoint_every_steps=5,
         deterministic=True,
         keep_checkpoints=40,
+        d_augment=["translation", "cutout"],  # its per-rank stream must resume exactly too
     )
     cfg_path = write_config(tmp_path / "c.yaml", cfg)
 

@@ -83,3 +83,26 @@ def test_contrastive_without_projection_is_an_error():
     ctx = StepContext(model=model, loss=LossConfig(contrastive=1.0), joint=True)
     with pytest.raises(ValueError, match="d_projection"):
         d_update(D, ctx, real, fake, cond, wrong, lambda x: x.backward(), ids)
+
+
+@pytest.mark.parametrize("joint", [True, False])
+def test_d_and_g_see_every_image_through_the_augmentation(joint):
+    """With an augmentation in the context, both updates score exactly what D would score
+    on the augmented images, and G's gradient flows through it."""
+    model, D, real, fake, cond, wrong, ids = _setup()
+    D.eval()
+    flip = lambda x: x.flip(-1)  # noqa: E731 - a deterministic stand-in augmentation
+    plain = StepContext(model=model, loss=LossConfig(), joint=joint)
+    augmented = StepContext(model=model, loss=LossConfig(), joint=joint, augment=flip)
+    loss_aug, _ = d_update(D, augmented, real, fake, cond, wrong, lambda x: None, ids)
+    loss_ref, _ = d_update(D, plain, flip(real), flip(fake), cond, wrong, lambda x: None, ids)
+    loss_raw, _ = d_update(D, plain, real, fake, cond, wrong, lambda x: None, ids)
+    torch.testing.assert_close(loss_aug, loss_ref)
+    assert not torch.allclose(loss_aug, loss_raw)
+    mu, logvar = torch.zeros(6, 16), torch.zeros(6, 16)
+    fake.requires_grad_(True)
+    g_aug, _ = g_loss_terms(D, augmented, real, fake, cond, mu, logvar, None, wrong, ids)
+    g_ref, _ = g_loss_terms(D, plain, flip(real), flip(fake), cond, mu, logvar, None, wrong, ids)
+    torch.testing.assert_close(g_aug, g_ref)
+    g_aug.backward()
+    assert fake.grad is not None and bool(fake.grad.abs().sum() > 0)
