@@ -197,6 +197,9 @@ class TrainConfig:
     # paper): geometric policies only, "translation" and/or "cutout" (stackgan.augment)
     d_augment: tuple[str, ...] = ()
     frozen_stage1_bn: FrozenBn = "eval"  # "train" reproduces the reference's BN drift in Stage-II
+    # Stage-II stacks on the Stage-I file's EMA generator (G_ema, when it has one) instead of
+    # its G (not in the paper, which keeps no EMA)
+    stage1_ema: bool = False
     # bf16 autocast (CPU/GPU), fp16 + GradScaler (GPU only), or "auto": bf16 where the device
     # computes it natively, else fp32 (stackgan.runtime.resolve_amp)
     amp: Amp = "fp32"

@@ -109,8 +109,12 @@ def freeze(module: nn.Module) -> nn.Module:
     return module
 
 
-def load_stage1_generator(path: str | Path, model: ModelConfig) -> tuple[nn.Module, dict[str, Any]]:
+def load_stage1_generator(
+    path: str | Path, model: ModelConfig, use_ema: bool = False
+) -> tuple[nn.Module, dict[str, Any]]:
     """Load Stage-I G from its network file and check it fits ``model``.
+
+    ``use_ema``: take the file's EMA weights (``G_ema``) when it has them, else ``G``.
 
     Raises:
         ConfigError: the file is missing, is not a Stage-I network, or its sizes disagree.
@@ -132,11 +136,13 @@ def load_stage1_generator(path: str | Path, model: ModelConfig) -> tuple[nn.Modu
                 f"run config has {getattr(model, key)}"
             )
     g1, _ = build_networks(g1_cfg, 1)
-    g1.load_state_dict(net.G)
+    weights, which = net.generator_weights(use_ema)
+    g1.load_state_dict(weights)
     info = {
         "path": str(path),
         "sha256": sha256_file(path),
         "step": net.step,
+        "weights": which,
         "model": to_dict(g1_cfg),
     }
     return freeze(g1), info
@@ -153,7 +159,7 @@ def build_stage(cfg: RunConfig, stage1_generator: str | Path | None = None) -> S
         raise ConfigError(
             "stage1_generator: Stage-II needs the Stage-I generator file (train Stage-I first)"
         )
-    g1, info = load_stage1_generator(stage1_generator, cfg.model)
+    g1, info = load_stage1_generator(stage1_generator, cfg.model, cfg.train.stage1_ema)
     return Stage(
         2,
         G,

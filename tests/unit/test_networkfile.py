@@ -79,3 +79,29 @@ def test_stacked_generator_is_g1_without_grad_then_g2():
     assert torch.equal(low2, low) and not low2.requires_grad
     assert torch.equal(fake, ref[0]) and torch.equal(mu, ref[1]) and torch.equal(logvar, ref[2])
     assert fake.requires_grad  # only the Stage-I part runs without gradient
+
+
+@pytest.mark.parametrize("stage1_ema", [False, True])
+def test_stage2_stacks_on_the_stage1_weights_the_config_names(tmp_path, stage1_ema):
+    """train.stage1_ema: Stage-II freezes the Stage-I file's G_ema (else its G), records which,
+    and falls back to G for a file without EMA weights."""
+    from stackgan.config import RunConfig, TrainConfig
+    from stackgan.stages import build_stage
+
+    torch.manual_seed(0)
+    g, _ = build_networks(TINY, 1)
+    g_ema, _ = build_networks(TINY, 1)  # other random weights
+    state, state_ema = g.state_dict(), g_ema.state_dict()
+    write_network(
+        tmp_path / "s1.pt", NetworkFile(stage=1, model=to_dict(TINY), G=state, G_ema=state_ema)
+    )
+    write_network(tmp_path / "plain.pt", NetworkFile(stage=1, model=to_dict(TINY), G=state))
+    cfg = RunConfig(stage=2, model=TINY, train=TrainConfig(stage1_ema=stage1_ema))
+    stage = build_stage(cfg, tmp_path / "s1.pt")
+    want = state_ema if stage1_ema else state
+    got = stage.frozen_g1.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in want.items())
+    assert stage.extra_payload["stage1"]["weights"] == ("G_ema" if stage1_ema else "G")
+    fallback = build_stage(cfg, tmp_path / "plain.pt")
+    assert fallback.extra_payload["stage1"]["weights"] == "G"
+    assert all(torch.equal(fallback.frozen_g1.state_dict()[k], v) for k, v in state.items())
