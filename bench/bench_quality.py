@@ -125,6 +125,26 @@ def check_targets(stages: dict[str, list[dict[str, float]]], demo: bool) -> dict
     return out
 
 
+def check_final_targets(final: dict[str, float]) -> dict[str, Any]:
+    """The demo's targets on the final evaluation (``stage<N>.cond_*`` of summary.json):
+    each stage >= 3x chance on body and wing, Stage-II >= Stage-I."""
+    out: dict[str, Any] = {}
+    for stage in ("stage1", "stage2"):
+        for attr in ("body", "wing"):
+            acc, chance = f"{stage}.cond_{attr}_accuracy", f"{stage}.cond_{attr}_chance"
+            if acc in final and chance in final:
+                ratio = final[acc] / max(final[chance], 1e-9)
+                out[f"final.{stage}.{attr}_vs_chance>=3"] = (round(ratio, 2), ratio >= 3)
+    for attr in ("body", "wing"):
+        a1, a2 = (
+            final.get(f"stage1.cond_{attr}_accuracy"),
+            final.get(f"stage2.cond_{attr}_accuracy"),
+        )
+        if a1 is not None and a2 is not None:
+            out[f"final.stage2.{attr}>=stage1"] = (round(a2 - a1, 3), a2 >= a1)
+    return out
+
+
 def plot(results: dict[int, dict[str, list[dict[str, float]]]], path: Path) -> None:
     import matplotlib
 
@@ -208,7 +228,10 @@ def main() -> int:
                 f"{train[stage]['seconds'] / 60:.1f} min",
                 points,
             )
+        final = {k: v for k, v in summary.items() if "cond_" in k}
         targets = check_targets(stages, demo)
+        if demo:
+            targets |= check_final_targets(final)
         print(f"\n{run}: pipeline wall clock {seconds / 60:.1f} min; targets:")
         for key, (value, ok) in targets.items():
             print(f"  {key:32s} {value!s:>8}  {'ok' if ok else 'MISSED'}")
@@ -218,7 +241,7 @@ def main() -> int:
             "train_seconds": {s: train[s]["seconds"] for s in stages},
             "steps": {s: train[s]["steps"] for s in stages},
             "eval_points": stages,
-            "final_evaluation": {k: v for k, v in summary.items() if "cond_" in k},
+            "final_evaluation": final,
             "targets": {k: {"value": v, "met": ok} for k, (v, ok) in targets.items()},
         }
     print("\nmedian [min, max] over seeds of the last evaluation point:")

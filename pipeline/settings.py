@@ -293,10 +293,12 @@ def resolve(user: dict[str, Any]) -> Settings:
     uses_monitor = any(
         (config.get(k) or {}).get("eval_every", 0) for k in ("train", "stage1", "stage2")
     )
-    if uses_monitor and config["data"]["source"] != "twin":
+    has_weights = bool((config.get("eval") or {}).get("inception_weights"))
+    if uses_monitor and config["data"]["source"] != "twin" and not has_weights:
         raise PipelineConfigError(
             "train.eval_every: the in-training evaluation needs the twin attribute classifier "
-            "(data.source: twin); set it to 0 for real CUB"
+            "(data.source: twin) or eval.inception_weights (a small-sample Inception FID); "
+            "set it to 0 otherwise"
         )
     try:
         eval_cfg = from_dict(EvalConfig, config["eval"], prefix="eval")

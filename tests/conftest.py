@@ -94,3 +94,25 @@ def tiny_classifier(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory)
     path = tmp_path_factory.mktemp("classifier") / "attribute_classifier.pt"
     save_classifier(model, path, {"fixture": "tiny"})
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_real_stats(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real test statistics of the tiny twin, written by ``stackgan evaluate real-stats`` with
+    the TEST extractor (the file the pipeline's real_stats rule writes with Inception)."""
+    from tests.helpers import python_cmd, run
+
+    path = tmp_path_factory.mktemp("real") / "real-test-256.h5"
+    run(
+        python_cmd(
+            "-m",
+            "stackgan.cli.evaluate",
+            "real-stats",
+            "--shards",
+            str(tiny_shards / "test-256"),
+            "--out",
+            str(path),
+            "--test-extractor",
+        )
+    )
+    return path

@@ -117,24 +117,34 @@ def shard_file(output, split):
 
 
 def monitor_inputs(stage):
-    """Inputs of the in-training evaluation (train.eval_every > 0): classifier, test captions, test images."""
+    """Inputs of the in-training evaluation (train.eval_every > 0): the test captions; on the
+    twin its classifier and test images, with Inception weights the real test statistics."""
     if S.run_configs[stage]["train"]["eval_every"] <= 0:
         return {}
-    return {
-        "eval_classifier": rules.train_attribute_classifier.output.model,
-        "eval_index": shard_file("index", "test"),
-        "eval_shards": shard_file("lr", "test"),
-    }
+    inputs = {"eval_index": shard_file("index", "test")}
+    if config["data"]["source"] == "twin":
+        inputs["eval_classifier"] = rules.train_attribute_classifier.output.model
+        inputs["eval_shards"] = shard_file("lr", "test")
+    if EVAL.inception_weights:
+        inputs["eval_real_stats"] = rules.real_stats.output[0]
+    return inputs
 
 
 def monitor_args(input):
     """--eval-* arguments of stackgan train (empty when the evaluation is off)."""
-    if "eval_classifier" not in input.keys():
+    if "eval_index" not in input.keys():
         return ""
-    return (
-        f"--eval-classifier {input.eval_classifier} --eval-index {input.eval_index} "
-        f"--eval-shards {set_dir(input.eval_shards)}"
-    )
+    args = [f"--eval-index {input.eval_index}"]
+    if "eval_classifier" in input.keys():
+        args += [f"--eval-classifier {input.eval_classifier}", f"--eval-shards {set_dir(input.eval_shards)}"]
+    if "eval_real_stats" in input.keys():
+        args += [
+            f"--eval-inception-weights {shlex.quote(EVAL.inception_weights)}",
+            f"--eval-real-stats {input.eval_real_stats}",
+        ]
+        if EVAL.inception_sha256:
+            args.append(f"--eval-inception-sha256 {EVAL.inception_sha256}")
+    return " ".join(args)
 
 
 def launch_args(stage):

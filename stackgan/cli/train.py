@@ -64,11 +64,30 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--metrics-out", type=Path, help="final metrics JSON (rank 0)")
     mon = p.add_argument_group(
-        "in-training evaluation (every train.eval_every steps; synthetic twin only)"
+        "in-training evaluation (every train.eval_every steps): attribute metrics with the "
+        "twin's classifier, and/or a small-sample Inception FID with Inception weights"
     )
-    mon.add_argument("--eval-classifier", type=Path, help="twin attribute classifier (.pt)")
     mon.add_argument("--eval-index", type=Path, help="test-index.h5 (the captions to generate)")
-    mon.add_argument("--eval-shards", type=Path, help="test-64 shard set (the real reference)")
+    mon.add_argument("--eval-classifier", type=Path, help="twin attribute classifier (.pt)")
+    mon.add_argument("--eval-shards", type=Path, help="test-64 shard set (the twin's reference)")
+    mon.add_argument(
+        "--eval-inception-weights",
+        type=Path,
+        help="local pt_inception-2015-12-05-6726825d.pth: adds eval.inception_fid",
+    )
+    mon.add_argument(
+        "--eval-inception-sha256", help="expected full SHA-256 (default: the 6726825d prefix)"
+    )
+    mon.add_argument(
+        "--eval-real-stats",
+        type=Path,
+        help="real test statistics of `stackgan evaluate real-stats` (same weights)",
+    )
+    mon.add_argument(
+        "--eval-test-extractor",
+        action="store_true",
+        help="TEST ONLY: a small random network instead of Inception (meaningless numbers)",
+    )
     p.add_argument(
         "--loss-curve", type=Path, help="loss-curve PNG (default: <workdir>/loss_curves.png)"
     )
@@ -105,6 +124,10 @@ def _job(args: argparse.Namespace) -> TrainJob:
         eval_classifier=args.eval_classifier,
         eval_index=args.eval_index,
         eval_shards=args.eval_shards,
+        eval_inception_weights=args.eval_inception_weights,
+        eval_inception_sha256=args.eval_inception_sha256,
+        eval_real_stats=args.eval_real_stats,
+        eval_test_extractor=args.eval_test_extractor,
         loss_curve=args.loss_curve,
         grid_out=args.grid_out,
         tracking=tracking,

@@ -46,6 +46,8 @@ def _panels(history: History) -> list[tuple[str, tuple[str, ...]]]:
                 ("eval.twin_fid", "eval.diversity", "eval.consistency_attributes"),
             ),
         ]
+    if any("eval.inception_fid" in m for _, m in history):
+        panels.append(("Inception FID, small sample (log)", ("eval.inception_fid",)))
     return panels
 
 
@@ -72,7 +74,7 @@ def loss_curve(history: History, path: Path) -> Path | None:
                 chance = key.replace("_accuracy", "_chance")
                 if chance != key and series(chance)[0]:
                     ax.plot(*series(chance), ls="--", color=line[0].get_color())
-        if title.startswith("twin-FID"):
+        if "(log)" in title:
             ax.set_yscale("log")
         ax.set_title(title)
         ax.set_xlabel("step")
@@ -95,7 +97,7 @@ def eval_history(history: History) -> list[dict[str, Any]]:
     return [
         {"step": s, **{k: v for k, v in m.items() if k.startswith("eval.")}}
         for s, m in history
-        if "eval.body_accuracy" in m
+        if "eval.seconds" in m
     ]
 
 

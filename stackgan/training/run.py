@@ -65,6 +65,10 @@ class TrainJob:
     eval_classifier: Path | None = None
     eval_index: Path | None = None
     eval_shards: Path | None = None
+    eval_inception_weights: Path | None = None  # + eval_real_stats: the Inception FID
+    eval_inception_sha256: str | None = None
+    eval_real_stats: Path | None = None
+    eval_test_extractor: bool = False  # TEST ONLY: a small random network instead of Inception
     loss_curve: Path | None = None  # default: <workdir>/loss_curves.png
     grid_out: Path | None = None
     tracking: TrackingOptions = field(default_factory=TrackingOptions)
@@ -97,20 +101,31 @@ def check_inputs(job: TrainJob, cfg: RunConfig) -> dict[str, Any]:
             f"--stage1-generator: {job.stage1_generator} not found (train Stage-I first)"
         )
     if cfg.train.eval_every > 0:
-        missing = [
-            f"--eval-{k}"
-            for k in ("classifier", "index", "shards")
-            if getattr(job, f"eval_{k}") is None
-        ]
-        if missing:
-            raise ConfigError(
-                f"train.eval_every={cfg.train.eval_every} needs {', '.join(missing)} "
-                "(or set train.eval_every: 0)"
-            )
-        for k in ("classifier", "index"):
-            if not getattr(job, f"eval_{k}").is_file():
-                raise ConfigError(f"--eval-{k}: {getattr(job, f'eval_{k}')} not found")
+        _check_monitor_inputs(job, cfg.train.eval_every)
     return manifest
+
+
+def _check_monitor_inputs(job: TrainJob, every: int) -> None:
+    """The in-training evaluation needs test captions and the twin classifier (with the
+    real test images) and/or Inception weights (with the real statistics)."""
+    inception = job.eval_inception_weights is not None or job.eval_test_extractor
+    if job.eval_classifier is None and not inception:
+        raise ConfigError(
+            f"train.eval_every={every} needs --eval-classifier (twin) or "
+            "--eval-inception-weights (or set train.eval_every: 0)"
+        )
+    needed = ["index"]
+    needed += ["shards"] if job.eval_classifier is not None else []
+    needed += ["real_stats"] if inception else []
+    missing = [f"--eval-{k.replace('_', '-')}" for k in needed if getattr(job, f"eval_{k}") is None]
+    if missing:
+        raise ConfigError(
+            f"train.eval_every={every} needs {', '.join(missing)} (or set train.eval_every: 0)"
+        )
+    for k in ("classifier", "index", "real_stats", "inception_weights"):
+        path = getattr(job, f"eval_{k}")
+        if path is not None and not path.is_file():
+            raise ConfigError(f"--eval-{k.replace('_', '-')}: {path} not found")
 
 
 # --------------------------------------------------------------------------- preparation
@@ -152,19 +167,32 @@ def training_monitor(job: TrainJob, cfg: RunConfig) -> Any:
     """The in-training evaluation, or None when train.eval_every is 0."""
     if cfg.train.eval_every <= 0:
         return None
+    from stackgan.evaluation.reference import ExtractorSpec
     from stackgan.monitor import TrainingMonitor, monitor_seed
 
     t = cfg.train
-    return TrainingMonitor.from_files(
-        classifier=job.eval_classifier,
-        index=job.eval_index,
-        real_set=job.eval_shards,
-        captions=t.eval_captions,
-        samples_per_caption=t.eval_samples_per_caption,
-        batch_size=t.eval_batch_size,
-        seed=monitor_seed(t.seed),
-        cache=job.workdir / "eval-real-features.npz",
-    )
+    inception = None
+    if job.eval_inception_weights is not None or job.eval_test_extractor:
+        inception = ExtractorSpec(
+            inception_weights=job.eval_inception_weights,
+            inception_sha256=job.eval_inception_sha256,
+            test_extractor=job.eval_test_extractor,
+        )
+    try:
+        return TrainingMonitor.from_files(
+            classifier=job.eval_classifier,
+            index=job.eval_index,
+            real_set=job.eval_shards,
+            captions=t.eval_captions,
+            samples_per_caption=t.eval_samples_per_caption,
+            batch_size=t.eval_batch_size,
+            seed=monitor_seed(t.seed),
+            cache=job.workdir / "eval-real-features.npz",
+            inception=inception,
+            real_stats=job.eval_real_stats,
+        )
+    except ValueError as err:  # mismatched statistics, a non-twin index with a classifier
+        raise ConfigError(f"in-training evaluation: {err}") from err
 
 
 def start_tracker(

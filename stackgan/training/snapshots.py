@@ -66,26 +66,31 @@ def run_monitor(
     metrics = monitor.evaluate(sampler, info)
     if info.is_main:
         log.info(
-            "eval at step %d: body %.3f (chance %.3f) wing %.3f (chance %.3f) joint %.3f | "
-            "twin-FID %.2f diversity %.2f%s | %.1f s",
-            step,
-            metrics["eval.body_accuracy"],
-            metrics["eval.body_chance"],
-            metrics["eval.wing_accuracy"],
-            metrics["eval.wing_chance"],
-            metrics["eval.joint_accuracy"],
-            metrics["eval.twin_fid"],
-            metrics.get("eval.diversity", math.nan),
-            f" consistency {metrics['eval.consistency_attributes']:.3f}"
-            if "eval.consistency_attributes" in metrics
-            else "",
-            metrics["eval.seconds"],
+            "eval at step %d: %s | %.1f s", step, describe_eval(metrics), metrics["eval.seconds"]
         )
         if tracker is not None:
             tracker.log_metrics(metrics, step=step)
     if step_callback is not None:
         step_callback(step, metrics)
     return metrics
+
+
+def describe_eval(metrics: dict[str, float]) -> str:
+    """One log line's worth of an evaluation point (the metrics it has)."""
+    parts = []
+    if "eval.body_accuracy" in metrics:
+        m = metrics
+        parts.append(
+            f"body {m['eval.body_accuracy']:.3f} (chance {m['eval.body_chance']:.3f}) "
+            f"wing {m['eval.wing_accuracy']:.3f} (chance {m['eval.wing_chance']:.3f}) "
+            f"joint {m['eval.joint_accuracy']:.3f} | twin-FID {m['eval.twin_fid']:.2f} "
+            f"diversity {m.get('eval.diversity', math.nan):.2f}"
+        )
+    if "eval.consistency_attributes" in metrics:
+        parts.append(f"consistency {metrics['eval.consistency_attributes']:.3f}")
+    if "eval.inception_fid" in metrics:
+        parts.append(f"Inception FID (small sample) {metrics['eval.inception_fid']:.2f}")
+    return " ".join(parts) if parts else "no metrics"
 
 
 @torch.no_grad()

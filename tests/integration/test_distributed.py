@@ -248,11 +248,14 @@ def test_bf16_autocast_agrees_with_fp32(tiny_shards):
 
 @pytest.mark.parametrize("stage", [1, 2])
 def test_in_training_evaluation_two_ranks_equals_one_process(
-    stage, tiny_shards, tiny_classifier, tiny_stage1_network, tmp_path
+    stage, tiny_shards, tiny_classifier, tiny_stage1_network, tiny_real_stats, tmp_path
 ):
-    """Sharded over 2 ranks, the in-training evaluation gives the numbers one process
-    computes from the network file, at every evaluation point, and training finishes."""
+    """Sharded over 2 ranks, the in-training evaluation (attribute metrics and the
+    small-sample FID, here with the TEST extractor in place of Inception) gives the numbers
+    one process computes from the network file, at every evaluation point, and training
+    finishes."""
     from stackgan.distributed import DistInfo
+    from stackgan.evaluation.reference import ExtractorSpec
     from stackgan.monitor import TrainingMonitor, monitor_seed
     from stackgan.sampling import Sampler
 
@@ -271,6 +274,9 @@ def test_in_training_evaluation_two_ranks_equals_one_process(
         str(tiny_shards / "test-index.h5"),
         "--eval-shards",
         str(tiny_shards / "test-64"),
+        "--eval-test-extractor",
+        "--eval-real-stats",
+        str(tiny_real_stats),
     ]
     if stage == 2:
         eval_args += ["--stage1-generator", str(tiny_stage1_network[0])]
@@ -297,9 +303,12 @@ def test_in_training_evaluation_two_ranks_equals_one_process(
         samples_per_caption=2,
         batch_size=3,
         seed=monitor_seed(0),
+        inception=ExtractorSpec(test_extractor=True),
+        real_stats=tiny_real_stats,
     )
     direct = monitor.evaluate(Sampler.load(tmp_path / "net.pt"), DistInfo())
     expected = {"eval.body_accuracy", "eval.wing_accuracy", "eval.twin_fid", "eval.diversity"}
+    expected |= {"eval.inception_fid"}
     if stage == 2:
         expected |= {"eval.consistency_attributes", "eval.consistency_lowfreq"}
     assert expected <= set(direct)

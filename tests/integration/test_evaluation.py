@@ -26,21 +26,8 @@ def _eval_args(network, shards, out, *extra):
 
 
 @pytest.fixture(scope="module")
-def real_stats(tiny_shards, tmp_path_factory):
-    path = tmp_path_factory.mktemp("real") / "real-test-256.h5"
-    run(
-        python_cmd(
-            "-m",
-            "stackgan.cli.evaluate",
-            "real-stats",
-            "--shards",
-            str(tiny_shards / "test-256"),
-            "--out",
-            str(path),
-            "--test-extractor",
-        )
-    )
-    return path
+def real_stats(tiny_real_stats):
+    return tiny_real_stats
 
 
 def test_real_stats_file(real_stats):

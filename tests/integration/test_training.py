@@ -261,3 +261,90 @@ def test_contrastive_and_mode_seeking_terms_train_and_are_logged(tiny_shards, tm
         finals[name] = read_network(work / "n.pt").G
     differ = [not torch.equal(v, finals["both"][k]) for k, v in finals["plain"].items()]
     assert any(differ)
+
+
+def test_inception_fid_alone_is_the_real_cub_in_training_evaluation(
+    tiny_shards, tiny_real_stats, tmp_path
+):
+    """Without the twin classifier (real CUB), the in-training evaluation is the small-sample
+    FID alone: against the real statistics, on the fixed requests, equal to an independent
+    computation (scipy's sqrtm) from the network file; the TEST extractor stands in for the
+    Inception weights that cannot be downloaded here."""
+    import h5py
+    from scipy import linalg
+
+    from stackgan.metrics.extractors import TestExtractor
+    from stackgan.monitor import load_requests, monitor_seed
+    from stackgan.sampling import Sampler, shard_chunks
+
+    cfg = run_config(
+        1, max_steps=2, eval_every=2, eval_captions=4, eval_samples_per_caption=2, eval_batch_size=3
+    )
+    index = tiny_shards / "test-index.h5"
+    args = train_args(
+        write_config(tmp_path / "c.yaml", cfg),
+        tiny_shards / "train-64",
+        tmp_path / "w",
+        tmp_path / "n.pt",
+        "--eval-index",
+        str(index),
+        "--eval-test-extractor",
+        "--eval-real-stats",
+        str(tiny_real_stats),
+        "--metrics-out",
+        str(tmp_path / "m.json"),
+    )
+    proc = run(python_cmd(*args))
+    assert "Inception FID (small sample)" in proc.stderr + proc.stdout
+    rows = [json.loads(x) for x in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval.inception_fid" in r]
+    assert [r["step"] for r in evals] == [2]
+    assert not any(k.startswith("eval.body") or k == "eval.twin_fid" for k in evals[0])
+    summary = json.loads((tmp_path / "m.json").read_text())
+    assert summary["eval_history"][0]["eval.inception_fid"] == evals[0]["eval.inception_fid"]
+
+    sampler = Sampler.load(tmp_path / "n.pt")
+    requests = load_requests(index, 4, 2, labels=False)
+    assert requests.labels is None
+    images = torch.cat(
+        [
+            sampler.sample_chunk(requests.embeddings[a:b], c, monitor_seed(0)).final
+            for c, (a, b) in shard_chunks(len(requests), 3, 0, 1)
+        ]
+    )
+    with torch.no_grad():
+        fake = TestExtractor(seed=0)(images)[0].double().numpy()
+    with h5py.File(tiny_real_stats) as h5:
+        real = h5["features"][:].astype(np.float64)
+    m1, m2 = real.mean(0), fake.mean(0)
+    s1, s2 = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
+    want = (
+        ((m1 - m2) ** 2).sum()
+        + np.trace(s1)
+        + np.trace(s2)
+        - 2 * np.trace(linalg.sqrtm(s1 @ s2).real)
+    )
+    assert evals[0]["eval.inception_fid"] == pytest.approx(want, rel=1e-4)
+
+
+def test_in_training_evaluation_needs_a_classifier_or_inception(tiny_shards, tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", run_config(1, max_steps=2, eval_every=1))
+    data, index = tiny_shards / "train-64", str(tiny_shards / "test-index.h5")
+    proc = run(
+        python_cmd(
+            *train_args(cfg, data, tmp_path / "w", tmp_path / "n.pt", "--eval-index", index)
+        ),
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "needs --eval-classifier (twin) or --eval-inception-weights" in proc.stderr
+    proc = run(
+        python_cmd(
+            *train_args(
+                cfg, data, tmp_path / "w", tmp_path / "n.pt", "--eval-index", index,
+                "--eval-test-extractor",
+            )
+        ),
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "--eval-real-stats" in proc.stderr

@@ -253,6 +253,37 @@ def test_paper_dry_run_on_a_fake_cub_tree(tmp_path: Path) -> None:
     )
 
 
+def test_real_cub_in_training_evaluation_is_the_inception_fid(tmp_path: Path) -> None:
+    """On real CUB, train.eval_every with Inception weights: both training jobs get the test
+    captions, the weights and the real statistics (and wait for the real_stats job), no
+    twin classifier."""
+    birds = fake_cub(tmp_path / "birds")
+    weights = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    weights.write_bytes(b"not read in a dry run")
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = snakemake(
+        work,
+        "-n",
+        "--profile",
+        str(SLURM_PROFILE),
+        "--config",
+        "preset=paper",
+        f"data={{root: {birds}}}",
+        f"eval={{inception_weights: {weights}}}",
+        "train={eval_every: 500}",
+    )
+    assert proc.returncode == 0, tail(proc)
+    jobs = dry_run_jobs(proc.output)
+    assert job_stats(proc.output)["real_stats"] == 1
+    for stage in ("1", "2"):
+        shell = the_job(jobs, "train_stage", stage=stage)["shell"]
+        assert "--eval-index results/data/cub/shards/test-index.h5" in shell, shell
+        assert f"--eval-inception-weights {weights}" in shell, shell
+        assert "--eval-real-stats results/data/cub/fid/real-test-256.h5" in shell, shell
+        assert "--eval-classifier" not in shell and "--eval-shards" not in shell, shell
+
+
 def test_paper_multi_node_dry_run(tmp_path: Path) -> None:
     birds = fake_cub(tmp_path / "birds")
     work = tmp_path / "work"
@@ -340,6 +371,11 @@ BAD_CONFIGS = {
         ],
         r"resources\.train_stage1\.gpus: 8 GPUs per node requested, "
         r"but resources\.gpus_per_node .* is 4",
+    ),
+    "real-cub-monitor-without-weights": (
+        lambda tmp: [*_bad_paper(tmp, None), "train={eval_every: 100}"],
+        r"train\.eval_every: the in-training evaluation needs the twin attribute classifier "
+        r"\(data\.source: twin\) or eval\.inception_weights",
     ),
     "unknown-preset": (
         lambda tmp: ["--config", "preset=tiny"],
