@@ -81,9 +81,8 @@ def d_update(
     """
     uw, cw = ctx.loss.uncond_weight, ctx.loss.contrastive
     if ctx.joint:
-        # One pass over [real; fake] and one head call over the matching and mismatched
-        # pairs: D's BatchNorm statistics are shared, so D has to match image and text
-        # per sample instead of telling batches apart by their statistics.
+        # One pass over [real; fake], one head call over matching and mismatched pairs: with
+        # shared BatchNorm statistics D must match image and text per sample.
         with ctx.autocast():
             images = ctx.augment(torch.cat([real, fake]))
             out = D(images, torch.cat([cond, cond]), wrong, shared_head=True)
