@@ -251,6 +251,9 @@ def _auth_headers() -> dict[str, str]:
     return {}
 
 
+SQLITE_TIMEOUT_S = 60.0  # the least time a local sqlite store gets to open and migrate
+
+
 def check_tracking_store(
     uri: str,
     timeout_s: float = 10.0,
@@ -259,7 +262,9 @@ def check_tracking_store(
     """Fail fast, before any compute, when the tracking store cannot be used.
 
     * sqlite: the database directory must exist and accept a new file, and the
-      database must open (and migrate) within ``timeout_s``.
+      database must open (and migrate) within ``max(timeout_s, SQLITE_TIMEOUT_S)``: a
+      local file fails at once when it is unusable, and only a busy machine makes it slow
+      (creating a fresh store took over 10 s while other jobs shared 2 cores).
     * http(s): a cheap REST call (``experiments/search``) must answer 2xx within
       ``timeout_s`` (connection refused, timeouts and errors fail).
     * local artifact location (given, or the sqlite default): must be writable.
@@ -275,7 +280,8 @@ def check_tracking_store(
             if db is not None:
                 _probe_writable_dir(db.parent, create=False)
             call_with_timeout(
-                lambda: mlflow_client(uri).search_experiments(max_results=1), timeout_s
+                lambda: mlflow_client(uri).search_experiments(max_results=1),
+                max(timeout_s, SQLITE_TIMEOUT_S),
             )
             artifact_location = artifact_location or default_artifact_location(uri)
         elif scheme in ("http", "https"):

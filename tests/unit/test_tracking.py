@@ -459,3 +459,26 @@ def test_tag_vocabulary_is_what_the_writers_write() -> None:
         "pipeline",
     )
     assert tags.RUN_STATUSES == ("FINISHED", "FAILED", "KILLED")
+
+
+def test_sqlite_store_check_allows_a_busy_machine(tmp_path: Path, monkeypatch) -> None:
+    """A local sqlite store gets at least SQLITE_TIMEOUT_S to open and migrate (it fails at
+    once when unusable); an http store keeps the caller's short timeout."""
+    from stackgan.tracking import store as store_mod
+
+    seen: list[float] = []
+    real = store_mod.call_with_timeout
+
+    def spy(fn, timeout_s):
+        seen.append(timeout_s)
+        return real(fn, timeout_s)
+
+    monkeypatch.setattr(store_mod, "call_with_timeout", spy)
+    check_tracking_store(f"sqlite:///{tmp_path}/mlflow.db", timeout_s=2)
+    assert seen == [store_mod.SQLITE_TIMEOUT_S] and store_mod.SQLITE_TIMEOUT_S >= 30
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(TrackingStoreError):
+        check_tracking_store(f"http://127.0.0.1:{port}", timeout_s=2)
+    assert seen[-1] == 3.0  # timeout_s + 1 around the HTTP call's own 2 s
