@@ -177,10 +177,12 @@ class InceptionReference:
         return cls(extractor, mu, sigma, batch_size)
 
     def features(self, images: torch.Tensor) -> np.ndarray:
-        """Pool features [N, D] of images in [-1, 1]."""
+        """Pool features [N, D] of images in [-1, 1], on the images' device (the GPU of a
+        GPU run: Inception is too slow for a CPU there)."""
         from stackgan.metrics.extractors import extract
 
-        return extract(self.extractor, images.float().cpu(), self.batch_size, device="cpu")[0]
+        self.extractor.to(images.device)
+        return extract(self.extractor, images.float(), self.batch_size, device=images.device)[0]
 
     def fid(self, fake_features: np.ndarray) -> float:
         """FID of the generated features against the real statistics."""
