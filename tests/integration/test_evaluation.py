@@ -25,13 +25,8 @@ def _eval_args(network, shards, out, *extra):
     ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def real_stats(tiny_real_stats):
-    return tiny_real_stats
-
-
-def test_real_stats_file(real_stats):
-    with h5py.File(real_stats) as h5:
+def test_real_stats_file(tiny_real_stats):
+    with h5py.File(tiny_real_stats) as h5:
         assert (
             h5["features"].shape == (10, 64)
             and h5["mu"].shape == (64,)
@@ -47,14 +42,14 @@ def test_real_stats_file(real_stats):
 
 
 def test_evaluate_end_to_end_with_test_extractor(
-    tiny_stage1_network, tiny_shards, real_stats, tmp_path
+    tiny_stage1_network, tiny_shards, tiny_real_stats, tmp_path
 ):
     network = tiny_stage1_network[0]
     out = tmp_path / "eval"
     proc = run(
         python_cmd(
             *_eval_args(
-                network, tiny_shards, out, "--test-extractor", "--real-stats", str(real_stats)
+                network, tiny_shards, out, "--test-extractor", "--real-stats", str(tiny_real_stats)
             )
         )
     )
@@ -83,7 +78,7 @@ def test_evaluate_end_to_end_with_test_extractor(
     again = run(
         python_cmd(
             *_eval_args(
-                network, tiny_shards, out, "--test-extractor", "--real-stats", str(real_stats)
+                network, tiny_shards, out, "--test-extractor", "--real-stats", str(tiny_real_stats)
             )
         )
     )
@@ -99,7 +94,7 @@ def test_evaluate_end_to_end_with_test_extractor(
                 out,
                 "--test-extractor",
                 "--real-stats",
-                str(real_stats),
+                str(tiny_real_stats),
                 "--recompute",
             )
         )

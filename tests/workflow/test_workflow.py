@@ -194,11 +194,13 @@ def test_lint_is_clean(tmp_path: Path) -> None:
     assert "Congratulations, your workflow is in a good condition!" in proc.output
 
 
-def test_paper_dry_run_on_a_fake_cub_tree(tmp_path: Path) -> None:
+def paper_dry_run(tmp_path: Path, *config: str) -> subprocess.CompletedProcess:
+    """``snakemake -n`` of the paper preset under the SLURM profile on a fake CUB tree,
+    with extra ``--config`` values."""
     birds = fake_cub(tmp_path / "birds")
     work = tmp_path / "work"
     work.mkdir()
-    proc = snakemake(
+    return snakemake(
         work,
         "-n",
         "--profile",
@@ -206,7 +208,13 @@ def test_paper_dry_run_on_a_fake_cub_tree(tmp_path: Path) -> None:
         "--config",
         "preset=paper",
         f"data={{root: {birds}}}",
+        *config,
     )
+
+
+def test_paper_dry_run_on_a_fake_cub_tree(tmp_path: Path) -> None:
+    proc = paper_dry_run(tmp_path)
+    birds = tmp_path / "birds"
     assert proc.returncode == 0, tail(proc)
     assert job_stats(proc.output) == PAPER_JOBS
     jobs = dry_run_jobs(proc.output)
@@ -257,21 +265,10 @@ def test_real_cub_in_training_evaluation_is_the_inception_fid(tmp_path: Path) ->
     """On real CUB, train.eval_every with Inception weights: both training jobs get the test
     captions, the weights and the real statistics (and wait for the real_stats job), no
     twin classifier."""
-    birds = fake_cub(tmp_path / "birds")
     weights = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
     weights.write_bytes(b"not read in a dry run")
-    work = tmp_path / "work"
-    work.mkdir()
-    proc = snakemake(
-        work,
-        "-n",
-        "--profile",
-        str(SLURM_PROFILE),
-        "--config",
-        "preset=paper",
-        f"data={{root: {birds}}}",
-        f"eval={{inception_weights: {weights}}}",
-        "train={eval_every: 500}",
+    proc = paper_dry_run(
+        tmp_path, f"eval={{inception_weights: {weights}}}", "train={eval_every: 500}"
     )
     assert proc.returncode == 0, tail(proc)
     jobs = dry_run_jobs(proc.output)
