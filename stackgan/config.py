@@ -79,6 +79,9 @@ class ModelConfig(_ResolvedEquality):
     # Not in the paper: Stage-II G refines the Stage-I image instead of redrawing it; its
     # decoder output is added (before tanh) to atanh of the bilinearly upsampled Stage-I image
     stage2_skip: bool = False
+    # Not in the paper: Stage-I G modulates every up-sampling block's output with the CA
+    # condition, h * (1 + gamma(c)) + beta(c) (FiLM), instead of seeing the text only at 4x4
+    g_text_film: bool = False
 
     def __post_init__(self) -> None:
         _check(

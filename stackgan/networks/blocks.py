@@ -221,6 +221,23 @@ def set_fused_upsampling(module: nn.Module, enabled: bool) -> None:
             m.fused = enabled
 
 
+class TextFiLM(nn.Module):
+    """Feature-wise text modulation ``h * (1 + gamma(c)) + beta(c)`` (FiLM, Perez et al. 2018).
+
+    ``gamma`` and ``beta`` come from one linear map of the condition ``c`` [B, cond_dim];
+    with the usual N(0, 0.02) init the block starts close to the identity.
+    """
+
+    def __init__(self, cond_dim: int, channels: int) -> None:
+        super().__init__()
+        self.affine = nn.Linear(cond_dim, 2 * channels)
+
+    def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """h [B, C, H, W], c [B, cond_dim] -> [B, C, H, W]."""
+        gamma, beta = self.affine(c.to(h.dtype)).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=1)
+        return h * (1 + gamma) + beta
+
+
 class ResBlock(nn.Module):
     """Stage-II G residual block: conv3x3-BN-ReLU-conv3x3-BN, add input, ReLU."""
 

@@ -32,6 +32,7 @@ def build_generator(model_cfg: ModelConfig, stage: int) -> nn.Module:
             gf_dim=m.gf_dim,
             arch=m.arch,
             ca_nonlinearity=m.resolved_ca_nonlinearity,
+            text_film=m.g_text_film,
         )
     if stage == 2:
         return Stage2Generator(

@@ -16,6 +16,7 @@ from stackgan.networks.blocks import (
     Bottleneck,
     ConvBlock,
     DOutput,
+    TextFiLM,
     UpBlock,
     Upsample2x,
     arch_cond_head,
@@ -37,6 +38,8 @@ class Stage1Generator(nn.Module):
         arch: ``"paper"`` or ``"pytorch"``.
         ca_nonlinearity: CA activation (``"leaky_relu"`` or ``"relu"``).
         ca_noise: CA eps distribution (``"normal"`` or TF's ``"truncated"``).
+        text_film: modulate the output of every up-sampling block with the condition
+            (:class:`TextFiLM`; not in the paper).
     """
 
     def __init__(
@@ -49,6 +52,7 @@ class Stage1Generator(nn.Module):
         arch: Arch,
         ca_nonlinearity: CaNonlinearity,
         ca_noise: CaNoise = "normal",
+        text_film: bool = False,
     ) -> None:
         super().__init__()
         check_arch(arch)
@@ -85,6 +89,14 @@ class Stage1Generator(nn.Module):
                 conv(ngf // 16, 3, 3),  # [B, 3, 64, 64]
                 nn.Tanh(),
             )
+        # Not in the paper: the condition modulates every up-sampling block's output.
+        self.film = nn.ModuleDict(
+            {
+                str(i): TextFiLM(cond_dim, block[1][0].out_channels)
+                for i, block in enumerate(self.body)
+                if text_film and isinstance(block, UpBlock)
+            }
+        )
 
     def forward(
         self, text_emb: torch.Tensor, z: torch.Tensor
@@ -94,7 +106,13 @@ class Stage1Generator(nn.Module):
         # Input order as in each reference (TF concat(c, z), PT cat(z, c)).
         zc = torch.cat([c, z.to(c.dtype)] if self.arch == "paper" else [z.to(c.dtype), c], dim=1)
         h = self.fc(zc).reshape(-1, self.ngf, 4, 4)  # [B, 8g, 4, 4]
-        return self.body(h), mu, logvar
+        if not self.film:
+            return self.body(h), mu, logvar
+        for i, block in enumerate(self.body):
+            h = block(h)
+            if str(i) in self.film:
+                h = self.film[str(i)](h, c)
+        return h, mu, logvar
 
 
 class Stage1Discriminator(nn.Module):

@@ -19,7 +19,7 @@ from stackgan.networks import (
     d_condition,
     init_weights,
 )
-from stackgan.networks.blocks import Bottleneck, UncondLogits
+from stackgan.networks.blocks import Bottleneck, UncondLogits, UpBlock
 
 ARCHES = ("paper", "pytorch")
 
@@ -225,11 +225,50 @@ def test_stage2_skip_refines_the_upsampled_stage1_image(arch):
     torch.testing.assert_close(out, up.clamp(-0.99, 0.99), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ARCHES)
+def test_text_film_modulates_every_up_block_with_the_condition(arch):
+    """model.g_text_film: after each up-sampling block h -> h * (1 + gamma(c)) + beta(c);
+    off, the network and its state dict are the paper's; zero FiLM maps give the plain G."""
+    plain, _ = build_networks(tiny_cfg(arch), 1)
+    film, _ = build_networks(tiny_cfg(arch, g_text_film=True), 1)
+    ups = [i for i, m in enumerate(film.body) if isinstance(m, UpBlock)]
+    assert sorted(int(k) for k in film.film) == ups and len(ups) >= 3
+    assert not list(plain.film.parameters())
+    extra = set(film.state_dict()) - set(plain.state_dict())
+    assert extra and all(k.startswith("film.") for k in extra)
+    widths = {k: m.affine.out_features // 2 for k, m in film.film.items()}
+    assert widths == {str(i): film.body[i][1][0].out_channels for i in ups}
+    film.load_state_dict(plain.state_dict(), strict=False)
+    film.eval(), plain.eval()
+    emb, z = torch.randn(3, TINY["text_dim"]), torch.randn(3, TINY["z_dim"])
+    torch.manual_seed(1)
+    with_film = film(emb, z)[0]
+    # Recompute by hand: the same blocks, the FiLM applied after each up block.
+    torch.manual_seed(1)
+    c, _, _ = film.ca(emb)
+    zc = torch.cat([c, z] if arch == "paper" else [z, c], 1)
+    h = film.fc(zc).reshape(-1, film.ngf, 4, 4)
+    for i, block in enumerate(film.body):
+        h = block(h)
+        if i in ups:
+            gamma, beta = film.film[str(i)].affine(c).chunk(2, dim=1)
+            h = h * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
+    torch.testing.assert_close(with_film, h)
+    for m in film.film.values():
+        nn.init.zeros_(m.affine.weight), nn.init.zeros_(m.affine.bias)
+    torch.manual_seed(1)
+    out_zero = film(emb, z)[0]
+    torch.manual_seed(1)
+    torch.testing.assert_close(out_zero, plain(emb, z)[0])
+    assert not torch.allclose(with_film, out_zero)
+
+
 @pytest.mark.parametrize(("arch", "stage"), [(a, s) for a in ARCHES for s in (1, 2)])
-def test_every_parameter_is_used_in_forward(arch, stage):
+@pytest.mark.parametrize("film", [False, True])
+def test_every_parameter_is_used_in_forward(arch, stage, film):
     """DDP with find_unused_parameters=False needs a gradient for every parameter."""
     torch.manual_seed(0)
-    cfg = tiny_cfg(arch)
+    cfg = tiny_cfg(arch, g_text_film=film)
     G, D = build_networks(cfg, stage)
     B, size = 2, 64 * (1 if stage == 1 else 4)
     emb = torch.randn(B, cfg.text_dim)
