@@ -48,30 +48,71 @@ SHOWN = (
 )
 
 
-def run_pipeline(out: Path, run: str, seed: int, configfile: Path | None, log: Path) -> float:
-    """One pipeline run (all rules); returns its wall-clock seconds."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--profile",
-        "cluster/local",
-        "--config",
-        f"results_dir={out / 'results'}",
-        f"run={run}",
-        f"train={{seed: {seed}}}",
-    ]
+def pipeline_command(
+    out: Path, run: str, seed: int, configfile: Path | None, threads: int | None
+) -> list[str]:
+    """The Snakemake command of one pipeline run (all rules, local executor)."""
+    cmd = [sys.executable, "-m", "snakemake", "--profile", "cluster/local"]
     if configfile is not None:
-        cmd[5:5] = ["--configfile", str(configfile)]
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    t0 = time.perf_counter()
-    with open(log, "w", encoding="utf-8") as fh:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(
-            f"bench_quality: pipeline run {run} failed (exit {proc.returncode}); see {log}"
+        cmd += ["--configfile", str(configfile)]
+    cmd += ["--config", f"results_dir={out / 'results'}", f"run={run}", f"train={{seed: {seed}}}"]
+    if threads is not None:
+        jobs = ("train_stage1", "train_stage2", "evaluate")
+        cmd.append(
+            "resources={" + ", ".join(f"{j}: {{cpus_per_task: {threads}}}" for j in jobs) + "}"
         )
-    return time.perf_counter() - t0
+    return cmd
+
+
+def run_pipelines(
+    out: Path,
+    runs: dict[str, int],
+    configfile: Path | None,
+    threads: int | None,
+    parallel: int,
+) -> dict[str, float]:
+    """Run the pipeline of every ``{run: seed}``, ``parallel`` at a time; wall seconds per run.
+
+    With ``parallel > 1`` the shared data (twin, shards, classifier) are built first, so the
+    concurrent runs only read them.
+    """
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    pending = list(runs.items())
+    if parallel > 1 and pending:
+        run, seed = pending[0]
+        data = pipeline_command(out, run, seed, configfile, threads)
+        data += ["--until", "train_attribute_classifier"]
+        with open(out / "data.log", "w", encoding="utf-8") as fh:
+            proc = subprocess.run(data, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        if proc.returncode != 0:
+            raise SystemExit(f"bench_quality: building the data failed; see {out / 'data.log'}")
+    seconds: dict[str, float] = {}
+    active: dict[str, tuple[subprocess.Popen, float, Any]] = {}
+    while pending or active:
+        while pending and len(active) < parallel:
+            run, seed = pending.pop(0)
+            log = open(out / f"{run}.log", "w", encoding="utf-8")  # noqa: SIM115 (closed below)
+            cmd = pipeline_command(out, run, seed, configfile, threads)
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+            active[run] = (proc, time.perf_counter(), log)
+            print(f"started {run} (seed {seed}); log {out / f'{run}.log'}", flush=True)
+        time.sleep(2)
+        for run, (proc, t0, log) in list(active.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            del active[run]
+            if proc.returncode != 0:
+                for other, _, other_log in active.values():
+                    other.terminate()
+                    other_log.close()
+                raise SystemExit(
+                    f"bench_quality: pipeline run {run} failed (exit {proc.returncode}); "
+                    f"see {out / f'{run}.log'}"
+                )
+            seconds[run] = time.perf_counter() - t0
+            print(f"finished {run} in {seconds[run] / 60:.1f} min", flush=True)
+    return seconds
 
 
 def eval_points(work: Path) -> list[dict[str, float]]:
@@ -203,16 +244,33 @@ def main() -> int:
     p.add_argument(
         "--name", default=None, help="run-name prefix (default: the configfile's stem or demo)"
     )
+    p.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        help="seeds run at the same time (default 1; give --threads so they share the cores)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads of each training and evaluation job (default: the preset's "
+        "resources.*.cpus_per_task); thread counts change GAN trajectories",
+    )
     args = p.parse_args()
+    if args.parallel < 1 or (args.threads is not None and args.threads < 1):
+        p.error("--parallel and --threads must be >= 1")
     args.out.mkdir(parents=True, exist_ok=True)
     demo = args.configfile is None
     name = args.name or ("demo" if demo else args.configfile.stem)
     print(f"machine: {machine()}")
     results: dict[int, dict[str, list[dict[str, float]]]] = {}
     report: dict[str, Any] = {"machine": machine(), "configfile": str(args.configfile), "runs": {}}
-    for seed in args.seeds:
-        run = f"{name}-s{seed}"
-        seconds = run_pipeline(args.out, run, seed, args.configfile, args.out / f"{run}.log")
+    runs = {f"{name}-s{seed}": seed for seed in args.seeds}
+    report |= {"parallel": args.parallel, "threads": args.threads}
+    walls = run_pipelines(args.out, runs, args.configfile, args.threads, args.parallel)
+    for run, seed in runs.items():
+        seconds = walls[run]
         run_dir = args.out / "results" / run
         stages = {
             s: eval_points(run_dir / "work" / s)
