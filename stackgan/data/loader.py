@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import io
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -248,8 +248,13 @@ class _Stream(IterableDataset):
             epoch += 1
 
 
-def train_loader(spec: StreamSpec, start_step: int = 0) -> Iterator[dict]:
+def train_loader(
+    spec: StreamSpec, start_step: int = 0, worker_init: Callable[[int], None] | None = None
+) -> Iterator[dict]:
     """Infinite iterator of batches starting at global step ``start_step``.
+
+    ``worker_init`` runs in every loader worker process (the training job passes
+    :func:`stackgan.training.control.ignore_stop_signals`).
 
     Batch ``k`` of the iterator is global step ``start_step + k``; ``batch["step"]``
     carries that number so callers can assert alignment.
@@ -264,5 +269,11 @@ def train_loader(spec: StreamSpec, start_step: int = 0) -> Iterator[dict]:
         persistent_workers=False,
         prefetch_factor=2,
         multiprocessing_context="fork",
+        worker_init_fn=worker_init,
+        # The loader draws its workers' base seed from this generator; without one it
+        # would take a draw from the global torch RNG when a (resumed) run creates it,
+        # shifting the training noise against an uninterrupted run. The stream itself is
+        # seeded explicitly (see the module docstring), so the value does not matter.
+        generator=torch.Generator().manual_seed(spec.seed),
     )
     return iter(loader)

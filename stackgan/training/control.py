@@ -21,10 +21,26 @@ class Preempted(SystemExit):
         self.step = step
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def ignore_stop_signals(_worker_id: int = 0) -> None:
+    """Loader-worker init: leave SIGTERM/SIGUSR1 to the training process.
+
+    SLURM (preemption, time limit, ``scancel --signal=TERM --full``) signals every process
+    of a job. PyTorch's loader-worker handler dies on SIGTERM, and the training process
+    would then fail on the lost worker instead of saving its state at the signal step.
+    Ignoring them, the workers keep serving batches until the training process, which
+    got the same signal, checkpoints and shuts them down (they also exit if it dies).
+    """
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class StopFlag:
     """Sets a flag on SIGTERM/SIGUSR1 (as forwarded by torchrun or sent by SLURM)."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = STOP_SIGNALS
 
     def __init__(self) -> None:
         self.signum: int | None = None

@@ -26,7 +26,13 @@ from stackgan.errors import StackGANError
 from stackgan.fileio import write_yaml
 from stackgan.runtime import resolve_amp
 from stackgan.training import artefacts
-from stackgan.training.control import LoopResult, NonFiniteLossError, Preempted, StopFlag
+from stackgan.training.control import (
+    LoopResult,
+    NonFiniteLossError,
+    Preempted,
+    StopFlag,
+    ignore_stop_signals,
+)
 from stackgan.training.schedule import check_runtime_config
 
 log = logging.getLogger("stackgan.train")
@@ -351,7 +357,7 @@ def run_training(job: TrainJob, cfg: RunConfig, manifest: dict[str, Any]) -> Loo
             result = training_loop(
                 cfg=cfg,
                 stage=prep.stage,
-                make_data=lambda start: train_loader(prep.spec, start),
+                make_data=lambda start: train_loader(prep.spec, start, ignore_stop_signals),
                 steps_per_epoch=prep.spec.steps_per_epoch,
                 workdir=job.workdir,
                 out_network=job.out,

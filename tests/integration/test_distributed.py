@@ -96,6 +96,7 @@ def test_sigkill_and_restart_is_bit_identical(tiny_shards, tmp_path, nproc):
         deterministic=True,
         keep_checkpoints=40,
         d_augment=["translation", "cutout"],  # its per-rank stream must resume exactly too
+        num_workers=2,  # loader workers must not shift the resumed run's random streams
     )
     cfg_path = write_config(tmp_path / "c.yaml", cfg)
 
@@ -316,3 +317,56 @@ def test_in_training_evaluation_two_ranks_equals_one_process(
         if key != "eval.seconds":
             assert rows[-1][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
     assert rows[-1]["eval.diversity"] >= 0 and rows[-1]["eval.twin_fid"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_sigterm_to_the_whole_process_group_saves_the_signal_step(tiny_shards, tmp_path, nproc):
+    """SLURM's preemption, time limit and ``scancel --signal=TERM --full`` signal every
+    process of the job: launcher, ranks and their loader workers. The ranks must still
+    save their state at the signal step, exit 75, and resume bit-identically."""
+    cfg = run_config(1, batch_size=3, epochs=1000, max_steps=160, num_workers=2, deterministic=True)
+    cfg_path = write_config(tmp_path / "c.yaml", cfg)
+
+    def cmd(name: str) -> list[str]:
+        args = train_args(
+            cfg_path, tiny_shards / "train-64", tmp_path / name, tmp_path / f"{name}.pt"
+        )
+        return torchrun_cmd(nproc, *args) if nproc > 1 else python_cmd(*args)
+
+    run(cmd("straight"))
+    proc = subprocess.Popen(
+        cmd("signalled"),
+        cwd=ROOT,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a SLURM job step's processes
+    )
+    metrics = tmp_path / "signalled" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 20):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "training did not reach step 20 in time"
+        time.sleep(0.05)
+    group = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    launcher = 0 if nproc == 1 else 1  # torchrun's agent
+    assert len(group) >= launcher + nproc * 3  # + the ranks, each with its 2 loader workers
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    if nproc == 1:
+        assert proc.returncode == PREEMPTED_EXIT_CODE, out
+    assert "DataLoader worker" not in out, out
+    assert out.count(f"exiting with code {PREEMPTED_EXIT_CODE}") >= 1, out
+    states = list_states(tmp_path / "signalled")
+    assert len(states) == 1, states  # no periodic checkpoints: this is the signal's state
+    signal_step = states[0][0]
+    logged = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert 20 <= signal_step < 160 and signal_step == max(logged)
+    assert not (tmp_path / "signalled.pt").exists()
+
+    proc2 = run(cmd("signalled"))
+    assert f"at step {signal_step}" in proc2.stderr + proc2.stdout
+    a, b = load(tmp_path / "straight.pt"), load(tmp_path / "signalled.pt")
+    assert_state_equal(a["G"], b["G"], "G")

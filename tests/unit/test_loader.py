@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import signal
+import time
+
 import numpy as np
+import psutil
 import pytest
 import torch
 
 from stackgan.data.imagesets import to_float_images
 from stackgan.data.loader import _choose_embedding, spec_from_set, train_loader
+from stackgan.training.control import ignore_stop_signals
 
 
 def _take(spec, start, n):
@@ -80,3 +85,34 @@ def test_caption_modes():
         m = _choose_embedding(emb, "mean4", rng)
         # the mean of 4 DISTINCT captions: four entries of 1/4, nothing else
         assert np.count_nonzero(m) == 4 and np.allclose(m[m > 0], 0.25)
+
+
+def test_worker_loader_leaves_the_global_rng_alone(tiny_shards):
+    """A resumed run creates its loader after restoring the RNG states; the loader must not
+    draw from the global torch RNG (it would shift the training noise after a resume)."""
+    spec = spec_from_set(tiny_shards / "train-64", batch_size=4, num_workers=2, seed=3)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    it = train_loader(spec, 5)
+    assert int(next(it)["step"]) == 5
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_workers_ignore_stop_signals_when_asked(tiny_shards):
+    """SLURM signals every process of a job; with ``ignore_stop_signals`` the loader workers
+    survive SIGTERM/SIGUSR1 and keep serving the stream (the training process decides)."""
+    spec = spec_from_set(tiny_shards / "train-64", batch_size=4, num_workers=2, seed=3)
+    expected = _take(spec, 0, 6)
+    before = {p.pid for p in psutil.Process().children()}
+    it = train_loader(spec, 0, ignore_stop_signals)
+    got = [next(it) for _ in range(2)]
+    workers = [p for p in psutil.Process().children() if p.pid not in before]
+    assert len(workers) == 2
+    for proc in workers:
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGUSR1)
+    time.sleep(0.5)
+    assert all(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in workers)
+    got += [next(it) for _ in range(4)]
+    for a, b in zip(expected, got, strict=True):
+        assert int(a["step"]) == int(b["step"]) and torch.equal(a["image"], b["image"])
