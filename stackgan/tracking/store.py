@@ -8,6 +8,7 @@ workflow (``pipeline/settings.py``) resolves its URI here too.
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import os
 import sys
@@ -16,7 +17,7 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,7 +77,38 @@ def mlflow_client(uri: str) -> MlflowClient:
     configure_mlflow_environment()
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    if not uri.startswith("sqlite:") or uri in _INITIALISED:
+        return MlflowClient(tracking_uri=uri)
+    with _sqlite_init_lock(uri):
+        client = MlflowClient(tracking_uri=uri)  # opens the store: tables, migrations
+    _INITIALISED.add(uri)
+    return client
+
+
+_INITIALISED: set[str] = set()
+
+
+@contextlib.contextmanager
+def _sqlite_init_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock beside a sqlite store's database file, while a client opens it.
+
+    MLflow's tracking store creates and migrates the tables of an empty database without a
+    lock, so jobs that open a fresh store at the same moment (two pipeline runs, or the
+    seeds of a benchmark) race, and the losers fail ("duplicate column name"). The lock
+    sits next to the database, so it also holds across the nodes of a shared file system.
+    """
+    import fcntl
+
+    db = _sqlite_db_path(uri)
+    if db is None or not db.parent.is_dir():
+        yield  # in-memory, or a missing directory that MLflow reports itself
+        return
+    with open(db.with_name(db.name + ".init-lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 # --------------------------------------------------------------------------- store helpers

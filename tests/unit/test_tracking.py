@@ -141,6 +141,32 @@ def test_ensure_experiment_is_race_safe(store: dict[str, Any]) -> None:
     assert store["client"].get_experiment(ids[0]).name == "raced"
 
 
+def test_fresh_sqlite_store_opened_by_several_processes_at_once(tmp_path: Path) -> None:
+    """Several jobs that open a new sqlite store at the same moment all succeed (MLflow
+    creates and migrates the tables without a lock; the losers of that race failed with
+    "duplicate column name")."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = textwrap.dedent(
+        f"""
+        import time, sys
+        from stackgan.tracking.store import ensure_experiment
+        time.sleep(max(0.0, {time.time() + 3.0} - time.time()))  # start together
+        print(ensure_experiment({uri!r}, "race"))
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for _ in range(4)
+    ]
+    results = [(p.wait(timeout=120), *p.communicate()) for p in procs]
+    failed = [err.decode()[-800:] for rc, _, err in results if rc != 0]
+    assert not failed, failed
+    assert len({out.strip() for _, out, _ in results}) == 1  # one experiment, same id
+
+
 def test_fail_fast_sqlite_unusable_locations(tmp_path: Path) -> None:
     missing = f"sqlite:///{tmp_path}/does/not/exist/mlflow.db"
     a_file = tmp_path / "plain-file"
