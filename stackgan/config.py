@@ -203,7 +203,7 @@ class TrainConfig:
     # Stage-II stacks on the Stage-I file's EMA generator (G_ema, when it has one) instead of
     # its G (not in the paper, which keeps no EMA)
     stage1_ema: bool = False
-    # bf16 autocast (CPU/GPU), fp16 + GradScaler (GPU only), or "auto": bf16 where the device
+    # bf16 autocast (CPU/GPU), fp16 + GradScaler (CPU/GPU), or "auto": bf16 where the device
     # computes it natively, else fp32 (stackgan.runtime.resolve_amp)
     amp: Amp = "fp32"
     bn: BnMode = "per_rank"  # sync = SyncBatchNorm (GPU only)

@@ -36,10 +36,6 @@ def check_runtime_config(cfg: RunConfig, device: torch.device) -> None:
         raise ConfigError(
             "train.bn: 'sync' (SyncBatchNorm) needs CUDA devices; use 'per_rank' on CPU"
         )
-    if cfg.train.amp == "fp16" and device.type != "cuda":
-        raise ConfigError(
-            "train.amp: 'fp16' with GradScaler needs CUDA; use 'bf16' or 'fp32' on CPU"
-        )
 
 
 @torch.no_grad()

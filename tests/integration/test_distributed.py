@@ -85,10 +85,12 @@ def _kill_after_checkpoint(cmd: list[str], workdir: Path, step: int, timeout: fl
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("nproc", [1, 2])
-def test_sigkill_and_restart_is_bit_identical(tiny_shards, tmp_path, nproc):
+@pytest.mark.parametrize(("nproc", "amp"), [(1, "fp32"), (2, "fp32"), (1, "fp16")])
+def test_sigkill_and_restart_is_bit_identical(tiny_shards, tmp_path, nproc, amp):
+    """fp16 also covers the GradScaler states in the checkpoint."""
     cfg = run_config(
         1,
+        amp=amp,
         batch_size=3,
         epochs=100,
         max_steps=120,
@@ -188,8 +190,10 @@ def test_signal_checkpoints_exits_and_resumes(tiny_shards, tmp_path):
     assert steps[-1] == stopped_at + 4 and stopped_at + 1 in steps
 
 
-def test_bf16_autocast_agrees_with_fp32(tiny_shards):
-    """bf16 autocast vs fp32 on the same batch and noise.
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_autocast_agrees_with_fp32(tiny_shards, dtype):
+    """bf16 and fp16 autocast vs fp32 on the same batch and noise (fp16 with a loss scale
+    of 2**10 and unscaled gradients, as GradScaler applies it).
 
     Tolerances: losses within 3 % (relative); the full gradient vector with cosine > 0.9 and
     norm within 10 %; every parameter whose fp32 gradient is not ~0 with cosine > 0.85.
@@ -215,6 +219,7 @@ def test_bf16_autocast_agrees_with_fp32(tiny_shards):
     z = torch.randn(8, cfg.model.z_dim, generator=torch.Generator().manual_seed(1))
 
     def losses_and_grads(dtype):
+        scale = 2.0**10 if dtype == torch.float16 else 1.0
         stage.G.zero_grad()
         stage.D.zero_grad()
         torch.manual_seed(3)
@@ -224,13 +229,14 @@ def test_bf16_autocast_agrees_with_fp32(tiny_shards):
             out_real, out_fake = stage.D(real, cond, cond[1:]), stage.D(fake, cond)
             ld, _ = d_loss(out_real.logits, out_real.wrong_logits, out_fake.logits)
             lg = g_loss(out_fake.logits) + 2.0 * kl_loss(mu.float(), logvar.float())
-        (ld + lg).backward()
+        ((ld + lg) * scale).backward()
         params = [*stage.G.named_parameters(), *stage.D.named_parameters()]
         return torch.stack([ld, lg]).detach().float(), {
-            n: p.grad.detach().float().clone() for n, p in params
+            n: p.grad.detach().float().clone() / scale for n, p in params
         }
 
-    (l32, g32), (l16, g16) = losses_and_grads(None), losses_and_grads(torch.bfloat16)
+    (l32, g32), (l16, g16) = losses_and_grads(None), losses_and_grads(dtype)
+    assert all(torch.isfinite(g).all() for g in g16.values())
     torch.testing.assert_close(l16, l32, rtol=0.03, atol=0.0)
     cos = torch.nn.functional.cosine_similarity
     flat32, flat16 = (

@@ -143,12 +143,6 @@ def test_impossible_configs_fail_before_compute(tiny_shards, stage1_network, tmp
             "holds 256 px images; Stage-1 trains on 64 px",
         ),
         (run_config(1, bn="sync"), tiny_shards / "train-64", [], "SyncBatchNorm\\) needs CUDA"),
-        (
-            run_config(1, amp="fp16"),
-            tiny_shards / "train-64",
-            [],
-            "'fp16' with GradScaler needs CUDA",
-        ),
         (run_config(1, bogus=1), tiny_shards / "train-64", [], r"unknown key\(s\) \['bogus'\]"),
         (
             run_config(2),
