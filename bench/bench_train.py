@@ -48,18 +48,26 @@ def machine() -> str:
     )
 
 
-def peak_gflops(dtype_name: str, size: int = 2048, repeats: int = 10) -> float:
+def peak_gflops(dtype_name: str, size: int = 2048, repeats: int = 10, device: str = "cpu") -> float:
     """Best-of-3 square matmul throughput (the practical peak for MFU)."""
     import torch
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
     a @ b
+    sync()
     best = 0.0
     for _ in range(3):
         t0 = time.perf_counter()
         for _ in range(repeats):
             a @ b
+        sync()
         best = max(best, 2 * size**3 * repeats / (time.perf_counter() - t0) / 1e9)
     return best
 
@@ -82,14 +90,14 @@ def worker(args: argparse.Namespace) -> None:
 
     tune_allocator()
     info = dist_utils.init()
-    mode = args.mode
+    parts = args.mode.split("+")
     train = {
         "batch_size": args.batch,
         "epochs": 1,
         "max_steps": args.warmup + args.steps,
-        "amp": "bf16" if "bf16" in mode else "fp32",
-        "channels_last": mode.startswith("cl"),
-        "compile": mode.startswith("compile"),
+        "amp": next((a for a in ("bf16", "fp16") if a in parts), "fp32"),
+        "channels_last": "cl" in parts,
+        "compile": "compile" in parts,
         "log_every": 1,
         "sample_every": 0,
         "checkpoint_every_minutes": 0,
@@ -148,10 +156,18 @@ def worker(args: argparse.Namespace) -> None:
         else []
     )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    cuda = info.device.type == "cuda"
     if info.is_main:
         print(
             json.dumps(
-                {"step_s": times, "peak_rss": rss, "world": info.world_size, "losses": losses}
+                {
+                    "step_s": times,
+                    "peak_rss": rss,
+                    "peak_gpu_bytes": torch.cuda.max_memory_allocated(info.device) if cuda else 0,
+                    "device": str(info.device),
+                    "world": info.world_size,
+                    "losses": losses,
+                }
             )
         )
     dist_utils.shutdown()
@@ -165,7 +181,14 @@ def _rel(a: float, b: float) -> float:
 
 
 def run_case(
-    arch: str, stage: int, batch: int, mode: str, ranks: int, warmup: int, steps: int
+    arch: str,
+    stage: int,
+    batch: int,
+    mode: str,
+    ranks: int,
+    warmup: int,
+    steps: int,
+    timeout: float | None = None,
 ) -> dict:
     args = [
         "--worker",
@@ -199,7 +222,11 @@ def run_case(
     tmp = tempfile.mkdtemp(prefix="bench-train-")
     try:
         cmd += ["--tmpdir", tmp]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # networks and checkpoints: up to GBs per case
     if proc.returncode != 0:
@@ -224,7 +251,7 @@ def main() -> int:
         "--modes",
         nargs="+",
         default=["fp32"],
-        choices=("fp32", "bf16", "cl", "cl+bf16", "compile", "compile+bf16"),
+        choices=("fp32", "bf16", "fp16", "cl", "cl+bf16", "compile", "compile+bf16"),
     )
     p.add_argument(
         "--ranks", type=int, default=1, help="processes (gloo DDP when > 1, same per-rank batch)"
