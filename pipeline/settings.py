@@ -340,6 +340,27 @@ def write_run_config(
         Path(log).write_text(f"wrote {path} (stage {cfg.stage}, arch {cfg.model.arch})\n")
 
 
+# Keys of the resolved config that describe a machine, not the experiment.
+_NOT_PARAMS = ("results_dir",)
+
+
+def pipeline_params(config: dict[str, Any]) -> dict[str, Any]:
+    """The resolved pipeline config as the parent run logs it (machine paths left out)."""
+    return {k: copy.deepcopy(v) for k, v in config.items() if k not in _NOT_PARAMS}
+
+
+def write_pipeline_config(
+    params: dict[str, Any], path: str | Path, log: str | Path | None = None
+) -> None:
+    """Write the resolved pipeline config (:func:`pipeline_params`) atomically as YAML."""
+    from stackgan.fileio import write_yaml
+
+    write_yaml(path, params)
+    if log is not None:
+        Path(log).parent.mkdir(parents=True, exist_ok=True)
+        Path(log).write_text(f"wrote {path} ({len(params)} sections)\n")
+
+
 def prepare_rule_environment(source_dir: str, python: str | None) -> None:
     """Let rule shells run ``python -m stackgan ...`` from this source tree.
 

@@ -13,8 +13,10 @@ if BASEDIR not in sys.path:
 
 from pipeline.settings import (  # noqa: E402
     PipelineConfigError,
+    pipeline_params,
     prepare_rule_environment,
     resolve,
+    write_pipeline_config,
     write_run_config,
 )
 from stackgan.tracking.store import resolve_tracking_uri  # noqa: E402

@@ -8,6 +8,7 @@ rule summarize:
         train=expand(str(rules.train_stage.output.metrics), stage=S.stages),
         evals=expand(str(rules.evaluate.output.metrics), stage=S.eval_stages),
         parent=rules.mlflow_parent.output[0],
+        parent_params=rules.mlflow_parent_params.output[0],
     output:
         summary=f"{RUN}/summary.json",
         table=report(f"{RUN}/metrics.html", caption="../report/metrics_table.rst", category="Metrics"),

@@ -24,6 +24,43 @@ rule mlflow_parent:
         "--tag stage=pipeline --out {output} > {log} 2>&1"
 
 
+# The resolved pipeline config as parent-run params, so that pipeline runs compare on their
+# settings in the MLflow UI; with the stage configs' hashes. Only the summary waits for it:
+# a changed setting reruns this rule, never a training job.
+rule write_pipeline_config:
+    output:
+        f"{RUN}/pipeline_config.yaml",
+    params:
+        cfg=pipeline_params(config),
+    log:
+        f"{RUN}/logs/write_pipeline_config.log",
+    localrule: True
+    run:
+        write_pipeline_config(params.cfg, output[0], log[0])
+
+
+rule mlflow_parent_params:
+    input:
+        parent=rules.mlflow_parent.output[0],
+        cfg=rules.write_pipeline_config.output[0],
+        stages=expand(f"{RUN}/stage{{stage}}/run_config.yaml", stage=S.stages),
+    output:
+        touch(f"{RUN}/mlflow/parent_params.done"),
+    params:
+        uri=tracking_uri(),
+        hashes=lambda w, input: " ".join(
+            f"--hash stage{s}={path}" for s, path in zip(S.stages, input.stages)
+        ),
+    log:
+        f"{RUN}/logs/mlflow_parent_params.log",
+    localrule: True
+    conda:
+        CONDA_TRAIN
+    shell:
+        "python -m stackgan track log-params --tracking-uri {params.uri:q} --parent-run-id-file {input.parent} "
+        "--config {input.cfg} {params.hashes} > {log} 2>&1"
+
+
 # The workflow already holds each stage's validated run config (pipeline/settings.py); it
 # writes it itself. A changed value changes the params, so only that stage reruns.
 rule write_run_config:

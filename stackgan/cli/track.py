@@ -4,6 +4,7 @@ Sub-commands:
 
 * ``start-parent``  — fail-fast store check, create (or reuse) the pipeline's parent run
   and write its id atomically to ``--out``.
+* ``log-params``    — log the resolved pipeline config onto the parent run as params.
 * ``log-summary``   — copy numeric evaluation results onto the parent run as metrics.
 * ``finish-parent`` — end the parent run with a status (and set tag ``status``).
 * ``check``         — the fail-fast store check alone (exit 1 with the reason).
@@ -62,6 +63,21 @@ def cmd_start_parent(args: argparse.Namespace) -> int:
         timeout_s=args.timeout_s,
     )
     print(run_id)
+    return 0
+
+
+def cmd_log_params(args: argparse.Namespace) -> int:
+    """Log the resolved pipeline config (and the stage configs' hashes) onto the parent run."""
+    from stackgan.tracking.parent import log_parent_params
+
+    hashed = {k: Path(v) for k, v in _key_values(args.hash, "--hash").items()}
+    missing = [str(p) for p in [args.config, *hashed.values()] if not p.is_file()]
+    if missing:
+        raise ValueError(f"not found: {', '.join(missing)}")
+    run_id, count = log_parent_params(
+        args.tracking_uri, args.parent_run_id_file, args.config, hashed
+    )
+    print(f"logged {count} param(s) on run {run_id}")
     return 0
 
 
@@ -127,6 +143,18 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     _add_start_parent(
         add("start-parent", "check the store, create or reuse the parent run, write its id")
     )
+
+    p = add("log-params", "log the resolved pipeline config onto the parent run as params")
+    p.add_argument("--parent-run-id-file", type=Path, required=True)
+    p.add_argument("--config", type=Path, required=True, help="the resolved pipeline config YAML")
+    p.add_argument(
+        "--hash",
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="also log param NAME.config_sha256 with FILE's sha256 (repeatable)",
+    )
+    p.set_defaults(func=cmd_log_params)
 
     p = add("log-summary", "log evaluation results onto the parent run as metrics")
     p.add_argument("--parent-run-id-file", type=Path, required=True)

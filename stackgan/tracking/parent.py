@@ -101,6 +101,35 @@ def parent_run_id(path: Path) -> str:
     return run_id
 
 
+def log_parent_params(
+    uri: str, parent_run_id_file: Path, config: Path, hashed: dict[str, Path] | None = None
+) -> tuple[str, int]:
+    """Log a resolved pipeline config onto the parent run: flattened params + artifact.
+
+    ``hashed`` maps a name to a file (the stages' run configs) whose sha256 is logged as
+    param ``<name>.config_sha256``, so two pipeline runs compare on their parameters in the
+    UI and over REST. A param that an earlier attempt logged with another value keeps its
+    first value (MLflow params are immutable), with a warning.
+
+    Returns:
+        The parent run id and the number of params logged.
+    """
+    from stackgan.fileio import sha256_file
+    from stackgan.tracking.values import param_items
+
+    run_id = parent_run_id(parent_run_id_file)
+    loaded = yaml.safe_load(config.read_text(encoding="utf-8"))
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{config}: expected a YAML mapping")
+    params: dict[str, Any] = dict(loaded)
+    for name, path in (hashed or {}).items():
+        params[f"{name}.config_sha256"] = sha256_file(path)
+    client = mlflow_client(uri)
+    log_params(client, run_id, params)
+    client.log_artifact(run_id, str(config), "config")
+    return run_id, len(param_items(params))
+
+
 def log_summary(
     uri: str, parent_run_id_file: Path, results: Path, prefix: str = ""
 ) -> tuple[str, int]:

@@ -178,11 +178,17 @@ def require_existing_sqlite_db(uri: str) -> None:
             raise ValueError(f"no MLflow database at {db}")
 
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # MLflow 3 UI: the model-training view
+
+
 def ensure_experiment(uri: str, name: str, artifact_location: str | None = None) -> str:
     """Return the id of experiment ``name``, creating it once with ``artifact_location``.
 
     Safe when several processes race: a losing ``create_experiment`` ("already exists")
-    re-reads the experiment.
+    re-reads the experiment. The experiment carries ``mlflow.experimentKind =
+    custom_model_development`` (set on first use of an older one too), so MLflow 3's UI
+    opens it in the training-runs view instead of the GenAI one.
 
     Raises:
         TrackingError: The experiment exists but is deleted.
@@ -193,7 +199,11 @@ def ensure_experiment(uri: str, name: str, artifact_location: str | None = None)
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
-            return client.create_experiment(name, artifact_location=artifact_location)
+            return client.create_experiment(
+                name,
+                artifact_location=artifact_location,
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+            )
         except MlflowException as err:
             if err.error_code != "RESOURCE_ALREADY_EXISTS" and "already exists" not in str(err):
                 raise
@@ -205,6 +215,8 @@ def ensure_experiment(uri: str, name: str, artifact_location: str | None = None)
             f"experiment {name!r} in {uri} is deleted; restore it in the UI or purge it "
             "with `mlflow gc`"
         )
+    if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     if artifact_location and exp.artifact_location.rstrip("/") != artifact_location.rstrip("/"):
         log.warning(
             "experiment %r keeps its artifact location %s (requested %s)",

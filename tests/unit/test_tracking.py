@@ -141,6 +141,18 @@ def test_ensure_experiment_is_race_safe(store: dict[str, Any]) -> None:
     assert store["client"].get_experiment(ids[0]).name == "raced"
 
 
+def test_experiments_open_in_the_training_view(store: dict[str, Any]) -> None:
+    """MLflow 3's UI picks the view from ``mlflow.experimentKind``: new experiments get
+    ``custom_model_development``, and so does an older one on first use."""
+    client = store["client"]
+    new = ensure_experiment(store["uri"], "fresh", None)
+    assert client.get_experiment(new).tags["mlflow.experimentKind"] == "custom_model_development"
+    old = client.create_experiment("made-before")
+    assert "mlflow.experimentKind" not in client.get_experiment(old).tags
+    assert ensure_experiment(store["uri"], "made-before", None) == old
+    assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
 def test_fresh_sqlite_store_opened_by_several_processes_at_once(tmp_path: Path) -> None:
     """Several jobs that open a new sqlite store at the same moment all succeed (MLflow
     creates and migrates the tables without a lock; the losers of that race failed with

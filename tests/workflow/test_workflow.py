@@ -46,6 +46,8 @@ TWIN_JOBS = {
     "validate_data": 1,
     "build_shards": 2,
     "mlflow_parent": 1,
+    "write_pipeline_config": 1,
+    "mlflow_parent_params": 1,
     "write_run_config": 2,
     "train_stage": 2,
     "train_attribute_classifier": 1,
@@ -422,14 +424,14 @@ def test_nested_config_values_from_the_command_line_get_their_types(tmp_path: Pa
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """One full local smoke run (14 jobs) in a fresh working directory."""
+    """One full local smoke run (16 jobs) in a fresh working directory."""
     work = tmp_path_factory.mktemp("smoke-run")
     proc = snakemake(
         work, "--profile", str(LOCAL_PROFILE), "--config", "preset=smoke", timeout=RUN_TIMEOUT_S
     )
     assert proc.returncode == 0, tail(proc, 120)
     assert job_stats(proc.output) == TWIN_JOBS
-    assert "14 of 14 steps (100%) done" in proc.output, tail(proc)
+    assert "16 of 16 steps (100%) done" in proc.output, tail(proc)
     yield work
 
 
@@ -506,6 +508,20 @@ def test_mlflow_parent_and_child_runs(smoke_run: Path) -> None:
     assert parent.info.run_name == "smoke"
     assert parent.info.status == "FINISHED"
     assert parent.data.tags.get("preset") == "smoke" and parent.data.tags.get("dataset") == "twin"
+    assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
+
+    # The resolved pipeline config as flat params (comparable in the UI), with the stage
+    # configs' hashes; machine paths are left out.
+    resolved = yaml.safe_load((smoke_run / "results/smoke/pipeline_config.yaml").read_text())
+    params = parent.data.params
+    assert params["preset"] == "smoke" == resolved["preset"]
+    assert params["train.lr_g"] == str(resolved["train"]["lr_g"])
+    assert params["data.source"] == "twin" and "model.arch" in params and "loss.kl_weight" in params
+    assert "resources.train_stage1.cpus_per_task" in params and "eval.batch_size" in params
+    assert not any(k.startswith("results_dir") for k in params)
+    for stage in (1, 2):
+        cfg_file = smoke_run / f"results/smoke/stage{stage}/run_config.yaml"
+        assert params[f"stage{stage}.config_sha256"] == _sha256(cfg_file)
 
     children = client.search_runs(
         [exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{pid}'"
