@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stackgan.data.format import MANIFEST
 from stackgan.fileio import sha256_bytes
+
+if TYPE_CHECKING:
+    from stackgan.tracking.protocol import InputRecord
 
 PACKAGES = (
     "torch",
@@ -76,3 +80,63 @@ def slurm_info(env: dict[str, str] | None = None) -> dict[str, str]:
 def manifest_hash(set_dir: str | Path) -> str:
     """sha256 of a shard set's manifest: identifies the exact data version."""
     return sha256_bytes((Path(set_dir) / MANIFEST).read_bytes())
+
+
+def shard_set_input(set_dir: str | Path, context: str) -> InputRecord:
+    """A shard set as a run input: its name, manifest hash, path, split and resolution."""
+    import json
+
+    from stackgan.tracking.protocol import InputRecord
+
+    set_dir = Path(set_dir)
+    manifest = json.loads((set_dir / MANIFEST).read_text(encoding="utf-8"))
+    return InputRecord(
+        name=str(manifest.get("set", set_dir.name)),
+        sha256=manifest_hash(set_dir),
+        source=str(set_dir.resolve()),
+        context=context,
+        tags={
+            "split": str(manifest.get("split", "")),
+            "resolution": str(manifest.get("resolution", "")),
+            "num_samples": str(manifest.get("num_samples", "")),
+        },
+    )
+
+
+def network_input(path: str | Path, context: str = "conditioning") -> InputRecord:
+    """A network file as a run input (Stage-II's frozen Stage-I), with the MLflow run id
+    that trained it when its ``metrics.json`` sibling records one."""
+    import json
+
+    from stackgan.fileio import sha256_file
+    from stackgan.tracking.protocol import InputRecord
+
+    path = Path(path)
+    run_id = "unknown"
+    sibling = path.with_name("metrics.json")
+    if sibling.is_file():
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            recorded = json.loads(sibling.read_text(encoding="utf-8")).get("mlflow_run_id")
+            run_id = str(recorded) if recorded else run_id
+    return InputRecord(
+        name=path.parent.name + "-network" if path.parent.name else "network",
+        sha256=sha256_file(path),
+        source=str(path.resolve()),
+        context=context,
+        tags={"mlflow_run_id": run_id},
+    )
+
+
+def index_input(index: str | Path, context: str = "evaluation") -> InputRecord:
+    """A split index (captions and embeddings of the evaluated requests) as a run input."""
+    from stackgan.fileio import sha256_file
+    from stackgan.tracking.protocol import InputRecord
+
+    index = Path(index)
+    return InputRecord(
+        name=index.stem,
+        sha256=sha256_file(index),
+        source=str(index.resolve()),
+        context=context,
+        tags={"split": index.stem.split("-")[0]},
+    )

@@ -249,7 +249,7 @@ def evaluate(
         grid_path = save_png(grid, out / "grid.png")
         result = _result(inputs, metrics, metric_inputs.notes, meta, out, options, grid_path)
         write_json(out / "metrics.json", result)
-        log_to_tracker(tracking, out, result, inputs.sampler.stage)
+        log_to_tracker(tracking, out, result, inputs.sampler.stage, (network, index))
         print_summary(result)
         return result
     finally:
@@ -275,11 +275,17 @@ def print_summary(result: dict[str, Any]) -> None:
 
 
 def log_to_tracker(
-    tracking: TrackingOptions, out: Path, result: dict[str, Any], stage: int
+    tracking: TrackingOptions,
+    out: Path,
+    result: dict[str, Any],
+    stage: int,
+    inputs: tuple[Path, Path] | None = None,
 ) -> None:
-    """An MLflow run (child of the pipeline's parent run) with the result; nothing without a URI."""
+    """An MLflow run (child of the pipeline's parent run) with the result; nothing without a
+    URI. ``inputs`` (network file, test index) become the run's dataset inputs."""
     if not tracking.tracking_uri:
         return
+    from stackgan.provenance import index_input, network_input
     from stackgan.tracking import MLflowTracker, read_run_id
     from stackgan.tracking.tags import JOB_FINISHED, STAGE_TAG, STATUS_TAG, evaluation_stage
 
@@ -306,6 +312,9 @@ def log_to_tracker(
                 **{f"protocol.{k}": v for k, v in result["protocol"].items()},
             }
         )
+        if inputs is not None:
+            tracker.log_input(network_input(inputs[0], context="evaluated"))
+            tracker.log_input(index_input(inputs[1], context="evaluation"))
         tracker.log_metrics({k: float(v) for k, v in result["metrics"].items()}, step=0)
         tracker.log_artifact(out / "metrics.json", artifact_path="eval")
         tracker.log_artifact(out / "grid.png", artifact_path="eval")

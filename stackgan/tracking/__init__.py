@@ -21,7 +21,7 @@ See docs/tracking.md.
 from __future__ import annotations
 
 from stackgan.tracking.mlflow_tracker import MLflowTracker
-from stackgan.tracking.protocol import NullTracker, Tracker, tracker_for_rank
+from stackgan.tracking.protocol import InputRecord, NullTracker, Tracker, tracker_for_rank
 from stackgan.tracking.run_ids import find_run, read_run_id, write_run_id
 from stackgan.tracking.store import (
     TrackingError,
@@ -55,6 +55,7 @@ __all__ = [
     "RUN_STATUSES",
     "STAGE_TAG",
     "TRUNCATION_MARKER",
+    "InputRecord",
     "MLflowTracker",
     "NullTracker",
     "RetryPolicy",

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from stackgan.tracking.protocol import InputRecord
 from stackgan.tracking.run_ids import find_run, read_run_id, write_run_id
 from stackgan.tracking.store import (
     call_with_timeout,
@@ -33,6 +34,7 @@ from stackgan.tracking.values import (
     MAX_TAG_VALUE_LEN,
     chunks,
     context_tags,
+    dataset_input,
     param_batches,
     send_param_batch,
     truncate,
@@ -189,6 +191,10 @@ class MLflowTracker:
         for chunk in chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
             self._put(WorkItem("tags", chunk))
 
+    def log_input(self, data: InputRecord) -> None:
+        """Enqueue a dataset input (``MlflowClient.log_inputs``)."""
+        self._put(WorkItem("inputs", data))
+
     def log_checkpoint_path(self, path: str | Path, name: str = "checkpoint") -> None:
         """Record a checkpoint's absolute path as tag ``<name>_path``; never uploads it."""
         self.set_tags({f"{name}_path": str(Path(path).resolve())})
@@ -283,6 +289,8 @@ class MLflowTracker:
             client.log_artifact(run_id, item.payload[0], item.payload[1])
         elif item.kind == "dict":
             client.log_dict(run_id, item.payload[0], item.payload[1])
+        elif item.kind == "inputs":
+            client.log_inputs(run_id, datasets=[dataset_input(item.payload)])
         elif item.kind == "end":
             client.set_terminated(run_id, status=item.payload)
 

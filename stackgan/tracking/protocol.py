@@ -8,11 +8,35 @@ tracking switched off) and :class:`stackgan.tracking.mlflow_tracker.MLflowTracke
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import numpy as np
+
+DIGEST_LEN = 36  # MLflow's dataset digest column
+
+
+@dataclass(frozen=True)
+class InputRecord:
+    """A run input as MLflow's Dataset column shows it.
+
+    ``name`` (e.g. the shard set ``train-64``), ``sha256`` of what identifies its bytes (the
+    manifest; MLflow shows its first 36 hex digits as the digest, the full value is input
+    tag ``sha256``), ``source`` (a path), ``context`` (``training``, ``evaluation``,
+    ``conditioning``) and further input ``tags`` (split, resolution, run ids).
+    """
+
+    name: str
+    sha256: str
+    source: str
+    context: str
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def digest(self) -> str:
+        return self.sha256[:DIGEST_LEN]
 
 
 @runtime_checkable
@@ -42,6 +66,9 @@ class Tracker(Protocol):
     def log_checkpoint_path(self, path: str | Path, name: str = "checkpoint") -> None:
         """Record where a checkpoint lives (tag ``<name>_path``); never uploads it."""
 
+    def log_input(self, data: InputRecord) -> None:
+        """Record a dataset input of the run (shards it read, a network it built on)."""
+
     def close(self, status: str = "FINISHED") -> None:
         """Flush and end the run with FINISHED, FAILED or KILLED."""
 
@@ -67,6 +94,9 @@ class NullTracker:
         """Do nothing."""
 
     def set_tags(self, tags: dict[str, str]) -> None:
+        """Do nothing."""
+
+    def log_input(self, data: InputRecord) -> None:
         """Do nothing."""
 
     def log_checkpoint_path(self, path: str | Path, name: str = "checkpoint") -> None:

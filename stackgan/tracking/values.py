@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stackgan.config import flatten
+
+if TYPE_CHECKING:
+    from stackgan.tracking.protocol import InputRecord
 
 log = logging.getLogger(__name__)
 
@@ -87,3 +90,16 @@ def context_tags(tags: dict[str, Any]) -> dict[str, str]:
         log.debug("run context tags unavailable: %s", err)
         resolved = dict(tags)
     return {k: truncate(str(v), MAX_TAG_VALUE_LEN) for k, v in resolved.items()}
+
+
+def dataset_input(record: InputRecord) -> Any:
+    """An :class:`InputRecord` as MLflow's ``DatasetInput`` (source type ``local``)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    tags = [
+        InputTag(MLFLOW_DATASET_CONTEXT, record.context),
+        InputTag("sha256", record.sha256),
+        *(InputTag(k, truncate(str(v), MAX_TAG_VALUE_LEN)) for k, v in record.tags.items()),
+    ]
+    return DatasetInput(Dataset(record.name, record.digest, "local", record.source), tags)

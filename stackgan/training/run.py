@@ -240,6 +240,17 @@ def start_tracker(
         log_system_metrics=opts.system_metrics,
     )
     tracker.log_params(_run_params(job, cfg, info, manifest))
+    tracker.log_input(provenance.shard_set_input(job.data, "training"))
+    if job.stage1_generator is not None:
+        stage1 = provenance.network_input(job.stage1_generator)
+        tracker.log_input(stage1)
+        tracker.set_tags(
+            {
+                "stage1.network": stage1.source,
+                "stage1.network_sha256": stage1.sha256,
+                "stage1.mlflow_run_id": stage1.tags["mlflow_run_id"],
+            }
+        )
     tracker.log_checkpoint_path(job.workdir, name="workdir")
     return tracker
 

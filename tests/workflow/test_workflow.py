@@ -568,12 +568,35 @@ def test_mlflow_parent_and_child_runs(smoke_run: Path) -> None:
         assert len({h.step for h in history}) > 1, "loss_d must be logged per step, not once"
         assert run.data.tags.get("stackgan.attempt") == "1"
         assert run.data.tags.get("stage") == str(stage)
+        # Lineage in MLflow's own terms: the shard set as a dataset input (the UI's Dataset
+        # column), and for Stage-II the frozen Stage-I network with its training run.
+        inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
+        data_in = inputs[shard_set]
+        tags = {t.key: t.value for t in data_in.tags}
+        assert data_in.dataset.digest == _sha256(manifest)[:36] and tags["sha256"] == _sha256(
+            manifest
+        )
+        assert tags["mlflow.data.context"] == "training" and tags["split"] == "train"
+        assert tags["resolution"] == ("64" if stage == 1 else "256")
+        assert data_in.dataset.source == str(manifest.parent.resolve())
+        if stage == 2:
+            net1 = smoke_run / "results/smoke/stage1/network-final.pt"
+            stage1_in = inputs["stage1-network"]
+            in_tags = {t.key: t.value for t in stage1_in.tags}
+            assert in_tags["sha256"] == _sha256(net1) == run.data.tags["stage1.network_sha256"]
+            stage1_id = by_name["stage1"].info.run_id
+            assert in_tags["mlflow_run_id"] == stage1_id == run.data.tags["stage1.mlflow_run_id"]
 
     for stage in (1, 2):
         run = by_name[f"eval-stage{stage}"]
         local = json.loads(
             (smoke_run / f"results/smoke/eval/stage{stage}/metrics.json").read_text()
         )["metrics"]
+        inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
+        assert set(inputs) == {f"stage{stage}-network", "test-index"}, set(inputs)
+        evaluated = {t.key: t.value for t in inputs[f"stage{stage}-network"].tags}
+        assert evaluated["mlflow.data.context"] == "evaluated"
+        assert evaluated["mlflow_run_id"] == by_name[f"stage{stage}"].info.run_id
         cond = {k for k in run.data.metrics if k.startswith("cond_")}
         assert {"cond_body_accuracy", "cond_wing_accuracy", "cond_joint_accuracy"} <= cond, sorted(
             run.data.metrics
