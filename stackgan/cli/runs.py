@@ -1,9 +1,11 @@
-"""``stackgan runs``: compare MLflow runs in a table (params × final metrics).
+"""``stackgan runs``: compare MLflow runs in a table (params × final metrics), or diff two.
 
-Rows are runs, columns are run id (short in the table), run name, status, start time, stage
-tag, the chosen params and the chosen metrics (latest value of each); see
-:mod:`stackgan.tracking.compare`. An unknown experiment, a missing sqlite database or a bad
-``--sort`` key is one line on stderr and exit code 1.
+Rows are runs, columns are run id (short in the table), run name, status, start time,
+duration, stage tag, the chosen params and the chosen metrics (latest value of each; by
+default the few key metrics present); ``--all`` shows every param and metric. ``--diff A B``
+prints only what differs between two runs (ids or names), and between the children of two
+pipeline runs; see :mod:`stackgan.tracking.compare`. An unknown experiment or run, a
+missing sqlite database or a bad ``--sort`` key is one line on stderr and exit code 1.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 
 from stackgan.cli.common import EXIT_FAILED, EXIT_USAGE, fail
 from stackgan.tracking import configure_mlflow_environment
-from stackgan.tracking.compare import FORMATS, fetch_rows, render, split_list
+from stackgan.tracking.compare import FORMATS, diff_runs, fetch_rows, render, split_list
 from stackgan.tracking.store import require_existing_sqlite_db
 
 DEFAULT_PROG = "stackgan runs"
@@ -37,7 +39,17 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="experiment name; repeatable or comma list (default: all)",
     )
     p.add_argument("--params", action="append", help="param columns, comma list")
-    p.add_argument("--metrics", action="append", help="metric columns (default: all but system/)")
+    p.add_argument(
+        "--metrics", action="append", help="metric columns, comma list (default: key metrics)"
+    )
+    p.add_argument("--all", action="store_true", help="every param and metric column")
+    p.add_argument(
+        "--diff",
+        nargs=2,
+        metavar=("A", "B"),
+        help="print only the params and metrics that differ between runs A and B (ids or "
+        "names), and between their children for pipeline runs",
+    )
     p.add_argument(
         "--filter", default="", help="MLflow filter string, e.g. \"params.arch = 'paper'\""
     )
@@ -56,6 +68,9 @@ def _print_table(args: argparse.Namespace) -> None:
 
     require_existing_sqlite_db(args.tracking_uri)
     client = MlflowClient(tracking_uri=args.tracking_uri)
+    if args.diff:
+        print(diff_runs(client, *args.diff, split_list(args.experiment)))
+        return
     rows = fetch_rows(
         client,
         split_list(args.experiment),
@@ -71,6 +86,7 @@ def _print_table(args: argparse.Namespace) -> None:
         params=split_list(args.params),
         metrics=split_list(args.metrics),
         fmt=args.format,
+        everything=args.all,
     )
     print(text)
 

@@ -19,8 +19,26 @@ from typing import Any
 from stackgan.tracking.tags import PARENT_RUN_TAG, STAGE_TAG
 
 MISSING = "-"
-BASE_COLUMNS = ("run_id", "run_name", "status", "start_time", "stage")
+BASE_COLUMNS = ("run_id", "run_name", "status", "start_time", "duration", "stage")
 FORMATS = ("table", "csv", "json")
+# The default columns: the few numbers that say how a run did, per kind of run (pipeline
+# parents, evaluation runs, training runs); those present on the listed runs are shown.
+KEY_METRICS = (
+    "stage1.cond_body_accuracy",
+    "stage1.cond_wing_accuracy",
+    "stage2.cond_body_accuracy",
+    "stage2.cond_wing_accuracy",
+    "stage2.fid",
+    "cond_body_accuracy",
+    "cond_wing_accuracy",
+    "fid",
+    "inception_score",
+    "eval.body_accuracy",
+    "eval.wing_accuracy",
+    "eval.twin_fid",
+    "loss_d",
+    "loss_g",
+)
 
 
 @dataclass(frozen=True)
@@ -31,6 +49,7 @@ class Row:
     run_name: str
     status: str
     start_time_ms: int | None
+    end_time_ms: int | None
     stage: str | None
     parent_run_id: str | None
     params: dict[str, str]
@@ -85,6 +104,7 @@ def _row(run: Any) -> Row:
         run_name=run.info.run_name or "",
         status=run.info.status,
         start_time_ms=run.info.start_time,
+        end_time_ms=run.info.end_time,
         stage=tags.get(STAGE_TAG),
         parent_run_id=tags.get(PARENT_RUN_TAG),
         params=dict(run.data.params),
@@ -131,10 +151,28 @@ def _is_number(value: str) -> bool:
     return True
 
 
-def default_metrics(rows: list[Row]) -> list[str]:
+def all_metrics(rows: list[Row]) -> list[str]:
     """Every metric on the rows, sorted, without mlflow's ``system/`` metrics."""
     names = {k for r in rows for k in r.metrics if not k.startswith("system/")}
     return sorted(names)
+
+
+def default_metrics(rows: list[Row]) -> list[str]:
+    """The :data:`KEY_METRICS` present on the rows (in that order); all when none is."""
+    present = {k for r in rows for k in r.metrics}
+    return [m for m in KEY_METRICS if m in present] or all_metrics(rows)
+
+
+def all_params(rows: list[Row]) -> list[str]:
+    """Every param on the rows, sorted."""
+    return sorted({k for r in rows for k in r.params})
+
+
+def _duration(r: Row) -> str | None:
+    if not r.start_time_ms or not r.end_time_ms:
+        return None
+    seconds = max(0, (r.end_time_ms - r.start_time_ms) // 1000)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def table_records(rows: list[Row], params: list[str], metrics: list[str]) -> list[dict[str, Any]]:
@@ -151,6 +189,7 @@ def table_records(rows: list[Row], params: list[str], metrics: list[str]) -> lis
             "run_name": r.run_name,
             "status": r.status,
             "start_time": start,
+            "duration": _duration(r),
             "stage": r.stage,
         }
         record.update({f"params.{p}": r.params.get(p) for p in params})
@@ -207,16 +246,18 @@ def render(
     params: list[str] | None = None,
     metrics: list[str] | None = None,
     fmt: str = "table",
+    everything: bool = False,
 ) -> str:
     """Sort, limit and format ``rows`` (``fmt``: table, csv or json).
 
-    ``metrics`` defaults to every metric on the (limited) rows but mlflow's ``system/`` ones.
+    ``metrics`` defaults to the key metrics on the (limited) rows (:func:`default_metrics`);
+    ``everything`` shows every param and every metric but mlflow's ``system/`` ones.
     """
     rows = sort_rows(rows, sort, descending)
     if limit is not None:
         rows = rows[: max(0, limit)]
-    params = list(params or [])
-    metrics = list(metrics or []) or default_metrics(rows)
+    params = all_params(rows) if everything else list(params or [])
+    metrics = all_metrics(rows) if everything else (list(metrics or []) or default_metrics(rows))
     records = table_records(rows, params, metrics)
     columns = [*BASE_COLUMNS, *(f"params.{p}" for p in params), *(f"metrics.{m}" for m in metrics)]
     if fmt == "json":
@@ -224,3 +265,63 @@ def render(
     if fmt == "csv":
         return format_csv(records, columns)
     return format_table(records, columns)
+
+
+# --------------------------------------------------------------------------- differences
+
+
+def fetch_run(client: Any, ref: str, experiments: list[str]) -> Row:
+    """A run by id, or by run name within ``experiments`` (the newest of that name).
+
+    Raises:
+        ValueError: no run has that id or name.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _row(client.get_run(ref))
+    except MlflowException:
+        pass
+    rows = [r for r in fetch_rows(client, experiments) if r.run_name == ref]
+    if not rows:
+        raise ValueError(f"no run with id or name {ref!r}")
+    return max(rows, key=lambda r: r.start_time_ms or 0)
+
+
+def row_differences(a: Row, b: Row) -> list[tuple[str, Any, Any]]:
+    """``(params.X | metrics.Y, value in a, value in b)`` for every key whose values differ
+    (missing on one side counts), sorted; mlflow's ``system/`` metrics are left out."""
+    out = []
+    for kind, left, right in (("params", a.params, b.params), ("metrics", a.metrics, b.metrics)):
+        for key in sorted(set(left) | set(right)):
+            if kind == "metrics" and key.startswith("system/"):
+                continue
+            if left.get(key) != right.get(key):
+                out.append((f"{kind}.{key}", left.get(key), right.get(key)))
+    return out
+
+
+def diff_runs(client: Any, ref_a: str, ref_b: str, experiments: list[str]) -> str:
+    """What differs between two runs; for two pipeline (parent) runs, also between their
+    children paired by run name (``stage1`` with ``stage1``, ...)."""
+    a, b = fetch_run(client, ref_a, experiments), fetch_run(client, ref_b, experiments)
+    pairs = [(f"{a.run_name} ({a.run_id[:8]}) vs {b.run_name} ({b.run_id[:8]})", a, b)]
+    kids_a = {r.run_name: r for r in fetch_rows(client, [], children_of=a.run_id)}
+    kids_b = {r.run_name: r for r in fetch_rows(client, [], children_of=b.run_id)}
+    for name in sorted(set(kids_a) | set(kids_b)):
+        if name in kids_a and name in kids_b:
+            pairs.append((f"child {name}", kids_a[name], kids_b[name]))
+        else:
+            pairs.append((f"child {name}: only in {'A' if name in kids_a else 'B'}", None, None))
+    lines = []
+    for title, left, right in pairs:
+        lines.append(f"== {title}")
+        if left is None or right is None:
+            continue
+        diffs = row_differences(left, right)
+        if not diffs:
+            lines.append("   (no differences)")
+            continue
+        width = max(len(k) for k, _, _ in diffs)
+        lines += [f"   {k.ljust(width)}  {_cell(x)}  ->  {_cell(y)}" for k, x, y in diffs]
+    return "\n".join(lines)

@@ -86,7 +86,8 @@ def test_table_sorted_with_requested_columns(
     torch_row = cells(lines[2])
     assert torch_row[0] == store["ids"]["torch-run"][:8]
     assert torch_row[3].startswith("2023-11-")
-    assert torch_row[4:] == ["-", "pytorch", "48.25", "-"]  # final fid; no stage, no is_mean
+    assert re.fullmatch(r"\d+:\d\d:\d\d", torch_row[4])  # duration: start to end
+    assert torch_row[5:] == ["-", "pytorch", "48.25", "-"]  # final fid; no stage, no is_mean
     assert cells(lines[3])[-2:] == ["60.5", "3.2"]
     assert "params.seed" not in lines[0]
 
@@ -98,22 +99,31 @@ def test_default_metrics_children_and_limit(
     store: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     header = cells(run_cli(store, capsys).splitlines()[0])
-    assert header[len(BASE_COLUMNS) :] == ["metrics.fid", "metrics.is_mean", "metrics.loss_g"]
+    assert header[len(BASE_COLUMNS) :] == ["metrics.fid", "metrics.loss_g"]  # the key metrics
+    wide = cells(run_cli(store, capsys, "--all").splitlines()[0])
+    assert wide[len(BASE_COLUMNS) :] == [
+        "params.arch",
+        "params.seed",
+        "metrics.fid",
+        "metrics.is_mean",
+        "metrics.loss_g",
+    ]
     children = run_cli(store, capsys, "--children-of", store["ids"]["paper-run"]).splitlines()
     assert len(children) == 3
-    assert cells(children[2])[1:] == ["stage1", "RUNNING", cells(children[2])[3], "stage1", "0.5"]
+    start = cells(children[2])[3]
+    assert cells(children[2])[1:] == ["stage1", "RUNNING", start, "-", "stage1", "0.5"]
     newest = run_cli(store, capsys, "--limit", "1", "--sort", "start_time", "--desc")
     assert cells(newest.splitlines()[2])[1] == "torch-run"
     assert len(newest.splitlines()) == 3
 
 
 def test_filter_and_json(store: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    out = run_cli(store, capsys, "--filter", "params.arch = 'paper'", "--format", "json")
+    out = run_cli(store, capsys, "--filter", "params.arch = 'paper'", "--format", "json", "--all")
     records = json.loads(out)
     assert [r["run_name"] for r in records] == ["paper-run"]
     assert records[0]["run_id"] == store["ids"]["paper-run"]
     assert records[0]["metrics.fid"] == 60.5 and records[0]["metrics.is_mean"] == 3.2
-    assert "metrics.loss_g" not in records[0]  # default metrics: those on the listed runs
+    assert "metrics.loss_g" not in records[0]  # only metrics on the listed runs
     out = run_cli(store, capsys, "--format", "json", "--metrics", "is_mean", "--params", "nope")
     by_name = {r["run_name"]: r for r in json.loads(out)}
     assert (
@@ -144,3 +154,27 @@ def test_errors_exit_nonzero(
     assert runs.main(["--tracking-uri", missing_db]) == 2
     assert not (tmp_path / "none").exists()
     assert runs.main(["--tracking-uri", store["uri"], "--sort", "bogus"]) == 2
+
+
+def test_diff_prints_only_what_differs_with_children(
+    store: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = run_cli(store, capsys, "--diff", "paper-run", store["ids"]["torch-run"])
+    lines = out.splitlines()
+    assert lines[0].startswith("== paper-run (") and " vs torch-run (" in lines[0]
+    body = {cells(line)[0]: cells(line)[1:] for line in lines[1:] if not line.startswith("==")}
+    assert body["params.arch"] == ["paper", "->", "pytorch"]
+    assert body["metrics.fid"] == ["60.5", "->", "48.25"]
+    assert body["metrics.is_mean"] == ["3.2", "->", "-"]
+    assert "params.seed" not in body and not any(k.startswith("metrics.system") for k in body)
+    assert "== child stage1: only in A" in out  # pipeline runs: their children are paired
+    same = run_cli(store, capsys, "--diff", "paper-run", "paper-run")
+    assert "(no differences)" in same
+
+
+def test_diff_of_an_unknown_run_is_one_line(
+    store: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = runs.main(["--tracking-uri", store["uri"], "--diff", "paper-run", "nope"])
+    err = capsys.readouterr().err
+    assert code != 0 and "no run with id or name 'nope'" in err and len(err.splitlines()) == 1
