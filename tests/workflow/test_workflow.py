@@ -723,3 +723,48 @@ def test_second_invocation_has_nothing_to_do(smoke_run: Path) -> None:
         tail(proc)
     )
     assert "Job stats:" not in proc.output
+
+
+def test_runs_diff_of_two_pipeline_runs_that_differ_in_one_learning_rate(
+    smoke_run: Path,
+) -> None:
+    """A second pipeline run beside the smoke run, with another lr_g for both stages (in its
+    own experiment, so the other tests' run counts hold), then ``stackgan runs --diff``."""
+    proc = snakemake(
+        smoke_run,
+        "--profile",
+        str(LOCAL_PROFILE),
+        "--config",
+        "preset=smoke",
+        "run=smoke-lr",
+        "train={lr_g: 3.0e-4}",
+        "mlflow={experiment: stackgan-smoke-lr}",
+        timeout=RUN_TIMEOUT_S,
+    )
+    assert proc.returncode == 0, tail(proc, 120)
+    stats = job_stats(proc.output)
+    assert "make_twin" not in stats and "build_shards" not in stats  # the data are shared
+    uri = f"sqlite:///{smoke_run / 'results' / 'mlflow.db'}"
+    diff = subprocess.run(
+        [sys.executable, "-m", "stackgan.cli.runs", "--tracking-uri", uri, "--diff", "smoke",
+         "smoke-lr"],
+        cwd=smoke_run, env=clean_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert diff.returncode == 0, diff.stderr
+    sections: dict[str, list[str]] = {}
+    for line in diff.stdout.splitlines():
+        if line.startswith("== "):
+            title = line[3:]
+            sections[title] = []
+        else:
+            sections[title].append(line.split()[0])
+    parent = next(t for t in sections if t.startswith("smoke ("))
+    assert "params.train.lr_g" in sections[parent]
+    assert "params.mlflow.experiment" in sections[parent] and "params.run" in sections[parent]
+    assert "params.stage1.config_sha256" in sections[parent]
+    assert not [k for k in sections[parent] if k.startswith("params.model.")]
+    for stage in ("stage1", "stage2"):
+        changed = sections[f"child {stage}"]
+        assert "params.config.train.lr_g" in changed, changed
+        assert not [k for k in changed if k.startswith("params.config.model.")], changed
+        assert "params.data.manifest_sha256" not in changed  # same shards
