@@ -182,7 +182,7 @@ class Settings:
 
     config: dict[str, Any]
     run_dir: str  # <results_dir>/<run>
-    data_dir: str  # <results_dir>/data/<dataset>
+    data_dir: str  # <results_dir>/data/<dataset>-<data key> (see data_identity)
     run_configs: dict[int, dict[str, Any]]
     eval: EvalConfig  # the validated eval section (rules read it; no defaults of their own)
 
@@ -314,9 +314,60 @@ def resolve(user: dict[str, Any]) -> Settings:
         raise PipelineConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     results = config["results_dir"].rstrip("/")
     dataset = "twin" if config["data"]["source"] == "twin" else "cub"
-    return Settings(
-        config, f"{results}/{config['run']}", f"{results}/data/{dataset}", run_configs, eval_cfg
-    )
+    data_dir = f"{results}/data/{dataset}-{data_key(config)}"
+    return Settings(config, f"{results}/{config['run']}", data_dir, run_configs, eval_cfg)
+
+
+DATA_KEY_LEN = 10  # hex digits of the data identity's sha256 in the directory name
+
+
+def data_identity(config: dict[str, Any]) -> dict[str, Any]:
+    """Everything that determines the bytes under the data directory.
+
+    The source; for the twin its spec, for real CUB the absolute source paths (the
+    validation report records their checksums); the shard settings; and, for the twin, the
+    attribute classifier's settings (it lives beside the shards). Runs whose identities are
+    equal share one data directory; any difference gives another, so nothing a run reads is
+    ever rewritten by a run with other data settings.
+    """
+    d = config["data"]
+    ident: dict[str, Any] = {"source": d["source"], "shards": dict(d["shards"])}
+    if d["source"] == "twin":
+        ident["twin"] = dict(d["twin"])
+        ident["attribute_classifier"] = {"epochs": config["eval"]["classifier_epochs"]}
+    else:
+        ident["paths"] = {
+            k: str(Path(d[k]).expanduser().resolve()) if d.get(k) else None
+            for k in ("root", "cub_dir", "bundle_dir")
+        }
+    return ident
+
+
+def data_key(config: dict[str, Any]) -> str:
+    """The short hash of :func:`data_identity` that names the data directory."""
+    import hashlib
+    import json
+
+    canonical = json.dumps(data_identity(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:DATA_KEY_LEN]
+
+
+def write_data_config(
+    config: dict[str, Any], path: str | Path, log: str | Path | None = None
+) -> None:
+    """Write the data directory's key, full hash and identity beside the data (atomically)."""
+    import hashlib
+    import json
+
+    from stackgan.fileio import write_json
+
+    ident = data_identity(config)
+    canonical = json.dumps(ident, sort_keys=True, separators=(",", ":"))
+    full = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    write_json(path, {"key": full[:DATA_KEY_LEN], "sha256": full, "data": ident})
+    if log is not None:
+        Path(log).parent.mkdir(parents=True, exist_ok=True)
+        Path(log).write_text(f"wrote {path} (data key {full[:DATA_KEY_LEN]})\n")
 
 
 def write_run_config(

@@ -90,6 +90,12 @@ def shard_set_input(set_dir: str | Path, context: str) -> InputRecord:
 
     set_dir = Path(set_dir)
     manifest = json.loads((set_dir / MANIFEST).read_text(encoding="utf-8"))
+    extra: dict[str, str] = {}
+    described = set_dir.parent.parent / "data_config.json"  # the pipeline's data directory
+    if described.is_file():
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            data = json.loads(described.read_text(encoding="utf-8"))
+            extra = {"data_key": str(data["key"]), "data_sha256": str(data["sha256"])}
     return InputRecord(
         name=str(manifest.get("set", set_dir.name)),
         sha256=manifest_hash(set_dir),
@@ -99,6 +105,7 @@ def shard_set_input(set_dir: str | Path, context: str) -> InputRecord:
             "split": str(manifest.get("split", "")),
             "resolution": str(manifest.get("resolution", "")),
             "num_samples": str(manifest.get("num_samples", "")),
+            **extra,
         },
     )
 

@@ -132,19 +132,31 @@ def assert_state_equal(a: dict[str, Any], b: dict[str, Any], where: str = "") ->
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
+def preset_data_dir(preset: str, **user: Any) -> str:
+    """The data directory (relative to the working directory) of a preset's pipeline run."""
+    from pipeline.settings import data_key, merge_with_preset
+
+    config = merge_with_preset({"preset": preset, **user})
+    dataset = "twin" if config["data"]["source"] == "twin" else "cub"
+    return f"results/data/{dataset}-{data_key(config)}"
+
+
+SMOKE_DATA = preset_data_dir("smoke")
+
 # Every declared output of the smoke run (relative to its working directory).
 SMOKE_OUTPUTS = [
-    "results/data/twin/raw/twin.json",
-    "results/data/twin/validation.json",
+    f"{SMOKE_DATA}/data_config.json",
+    f"{SMOKE_DATA}/raw/twin.json",
+    f"{SMOKE_DATA}/validation.json",
     *(
-        f"results/data/twin/shards/{split}-{res}/manifest.json"
+        f"{SMOKE_DATA}/shards/{split}-{res}/manifest.json"
         for split in ("train", "test")
         for res in (64, 256)
     ),
-    "results/data/twin/shards/train-index.h5",
-    "results/data/twin/shards/test-index.h5",
-    "results/data/twin/attribute_classifier.pt",
-    "results/data/twin/attribute_classifier.json",
+    f"{SMOKE_DATA}/shards/train-index.h5",
+    f"{SMOKE_DATA}/shards/test-index.h5",
+    f"{SMOKE_DATA}/attribute_classifier.pt",
+    f"{SMOKE_DATA}/attribute_classifier.json",
     "results/smoke/mlflow/parent_run_id.txt",
     *(
         f"results/smoke/stage{s}/{name}"

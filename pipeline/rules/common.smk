@@ -16,6 +16,7 @@ from pipeline.settings import (  # noqa: E402
     pipeline_params,
     prepare_rule_environment,
     resolve,
+    write_data_config,
     write_pipeline_config,
     write_run_config,
 )

@@ -1,4 +1,17 @@
 # Raw data (synthetic twin or real CUB + birds bundle) -> validation report -> shards + index.
+# DATA is <results_dir>/data/<dataset>-<key>: the key hashes every setting that determines
+# these bytes (pipeline.settings.data_identity), so runs with other data settings never
+# rewrite what another run reads; data_config.json beside the data says what the key covers.
+
+
+rule write_data_config:
+    output:
+        f"{DATA}/data_config.json",
+    log:
+        f"{DATA}/logs/write_data_config.log",
+    localrule: True
+    run:
+        write_data_config(config, output[0], log[0])
 
 
 if S.twin:
@@ -31,6 +44,7 @@ if S.twin:
 rule validate_data:
     input:
         raw_inputs,
+        data_config=rules.write_data_config.output[0],
     output:
         f"{DATA}/validation.json",
     params:

@@ -294,7 +294,7 @@ def test_smoke_pipeline_on_slurm(pipeline: Callable[..., PipelineRun]) -> None:
     rc = run.wait()
     assert rc == 0, run.tail()
     out = run.output()
-    assert "16 of 16 steps (100%) done" in out, run.tail()
+    assert "17 of 17 steps (100%) done" in out, run.tail()
     assert re.search(r"^localrule all:$", out, re.M), "`all` has no shell and runs locally"
     assert len(re.findall(r"^localrule write_run_config:$", out, re.M)) == 2, run.tail()
     assert re.search(r"^localrule mlflow_parent_params:$", out, re.M), run.tail()

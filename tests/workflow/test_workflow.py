@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from pipeline.settings import merge_with_preset
-from tests.helpers import SMOKE_OUTPUTS, TRAIN_METRICS, clean_env
+from tests.helpers import SMOKE_DATA, SMOKE_OUTPUTS, TRAIN_METRICS, clean_env, preset_data_dir
 
 pytestmark = pytest.mark.workflow
 
@@ -46,6 +46,7 @@ TWIN_JOBS = {
     "validate_data": 1,
     "build_shards": 2,
     "mlflow_parent": 1,
+    "write_data_config": 1,
     "write_pipeline_config": 1,
     "mlflow_parent_params": 1,
     "write_run_config": 2,
@@ -217,6 +218,7 @@ def paper_dry_run(tmp_path: Path, *config: str) -> subprocess.CompletedProcess:
 def test_paper_dry_run_on_a_fake_cub_tree(tmp_path: Path) -> None:
     proc = paper_dry_run(tmp_path)
     birds = tmp_path / "birds"
+    cub = preset_data_dir("paper", data={"root": str(birds)})
     assert proc.returncode == 0, tail(proc)
     assert job_stats(proc.output) == PAPER_JOBS
     jobs = dry_run_jobs(proc.output)
@@ -235,7 +237,7 @@ def test_paper_dry_run_on_a_fake_cub_tree(tmp_path: Path) -> None:
             f"python -m pipeline.launch --nodes 1 --ranks-per-node 1 --gpus-per-node 1 "
             f"--cpus-per-task {r['cpus_per_task']} -- -m stackgan.cli.train "
         ), job["shell"]
-        assert f"--data results/data/cub/shards/train-{64 if stage == 1 else 256}" in job["shell"]
+        assert f"--data {cub}/shards/train-{64 if stage == 1 else 256}" in job["shell"]
     assert (
         "--stage1-generator results/paper/stage1/network-final.pt"
         in the_job(jobs, "train_stage", stage="2")["shell"]
@@ -273,13 +275,14 @@ def test_real_cub_in_training_evaluation_is_the_inception_fid(tmp_path: Path) ->
         tmp_path, f"eval={{inception_weights: {weights}}}", "train={eval_every: 500}"
     )
     assert proc.returncode == 0, tail(proc)
+    cub = preset_data_dir("paper", data={"root": str(tmp_path / "birds")})
     jobs = dry_run_jobs(proc.output)
     assert job_stats(proc.output)["real_stats"] == 1
     for stage in ("1", "2"):
         shell = the_job(jobs, "train_stage", stage=stage)["shell"]
-        assert "--eval-index results/data/cub/shards/test-index.h5" in shell, shell
+        assert f"--eval-index {cub}/shards/test-index.h5" in shell, shell
         assert f"--eval-inception-weights {weights}" in shell, shell
-        assert "--eval-real-stats results/data/cub/fid/real-test-256.h5" in shell, shell
+        assert f"--eval-real-stats {cub}/fid/real-test-256.h5" in shell, shell
         assert "--eval-classifier" not in shell and "--eval-shards" not in shell, shell
 
 
@@ -424,14 +427,14 @@ def test_nested_config_values_from_the_command_line_get_their_types(tmp_path: Pa
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """One full local smoke run (16 jobs) in a fresh working directory."""
+    """One full local smoke run (17 jobs) in a fresh working directory."""
     work = tmp_path_factory.mktemp("smoke-run")
     proc = snakemake(
         work, "--profile", str(LOCAL_PROFILE), "--config", "preset=smoke", timeout=RUN_TIMEOUT_S
     )
     assert proc.returncode == 0, tail(proc, 120)
     assert job_stats(proc.output) == TWIN_JOBS
-    assert "16 of 16 steps (100%) done" in proc.output, tail(proc)
+    assert "17 of 17 steps (100%) done" in proc.output, tail(proc)
     yield work
 
 
@@ -558,7 +561,7 @@ def test_mlflow_parent_and_child_runs(smoke_run: Path) -> None:
             else re.fullmatch(r"[0-9a-f]{40}|unknown", p["git.commit"])
         )
         shard_set = "train-64" if stage == 1 else "train-256"
-        manifest = smoke_run / f"results/data/twin/shards/{shard_set}/manifest.json"
+        manifest = smoke_run / f"{SMOKE_DATA}/shards/{shard_set}/manifest.json"
         assert p["data.manifest_sha256"] == _sha256(manifest), p["data.manifest_sha256"]
         assert set(m) >= TRAIN_METRICS, sorted(m)
         assert all(math.isfinite(m[k]) for k in TRAIN_METRICS), m
@@ -578,6 +581,9 @@ def test_mlflow_parent_and_child_runs(smoke_run: Path) -> None:
         )
         assert tags["mlflow.data.context"] == "training" and tags["split"] == "train"
         assert tags["resolution"] == ("64" if stage == 1 else "256")
+        described = json.loads((smoke_run / SMOKE_DATA / "data_config.json").read_text())
+        assert tags["data_key"] == described["key"] == SMOKE_DATA.rsplit("-", 1)[1]
+        assert tags["data_sha256"] == described["sha256"]
         assert data_in.dataset.source == str(manifest.parent.resolve())
         if stage == 2:
             net1 = smoke_run / "results/smoke/stage1/network-final.pt"
@@ -768,3 +774,34 @@ def test_runs_diff_of_two_pipeline_runs_that_differ_in_one_learning_rate(
         assert "params.config.train.lr_g" in changed, changed
         assert not [k for k in changed if k.startswith("params.config.model.")], changed
         assert "params.data.manifest_sha256" not in changed  # same shards
+
+
+def test_runs_with_other_data_settings_get_their_own_data(smoke_run: Path) -> None:
+    """Data belong to their config: a run with another twin size builds its own data
+    directory, and afterwards the smoke run has nothing to redo (its data untouched)."""
+    manifest = smoke_run / SMOKE_DATA / "shards/train-64/manifest.json"
+    before = manifest.read_bytes()
+    proc = snakemake(
+        smoke_run,
+        "--profile",
+        str(LOCAL_PROFILE),
+        "--config",
+        "preset=smoke",
+        "run=smoke-bigger-twin",
+        "data={twin: {images_per_class: 8}}",
+        "mlflow={experiment: stackgan-smoke-data}",
+        timeout=RUN_TIMEOUT_S,
+    )
+    assert proc.returncode == 0, tail(proc, 120)
+    other = preset_data_dir("smoke", data={"twin": {"images_per_class": 8}})
+    assert other != SMOKE_DATA
+    assert job_stats(proc.output)["make_twin"] == 1  # its own twin, shards and classifier
+    described = json.loads((smoke_run / other / "data_config.json").read_text())
+    assert described["key"] == other.rsplit("-", 1)[1] and described["sha256"].startswith(
+        described["key"]
+    )
+    assert described["data"]["twin"]["images_per_class"] == 8
+    assert manifest.read_bytes() == before
+    dry = snakemake(smoke_run, "-n", "--profile", str(LOCAL_PROFILE), "--config", "preset=smoke")
+    assert dry.returncode == 0, tail(dry)
+    assert "Nothing to be done" in dry.output, tail(dry)
