@@ -1,7 +1,7 @@
 """``stackgan generate``: PNGs and a grid from a generator file and text embeddings.
 
     stackgan generate --network results/demo/stage2/network-final.pt \\
-        --embeddings results/data/twin/shards/test-index.h5 --limit 8 --out samples/
+        --embeddings results/data/twin-<key>/shards/test-index.h5 --limit 8 --out samples/
 
 Embeddings come from an HDF5 index (``embeddings`` [N, 10, D]; pick captions with
 ``--caption``) or a ``.npy`` file of shape [N, D] or [N, 10, D]. The same arguments
