@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -84,6 +85,21 @@ def _kill_after_checkpoint(cmd: list[str], workdir: Path, step: int, timeout: fl
     assert proc.returncode == -signal.SIGKILL
 
 
+def _stage1_command(
+    cfg_path: Path, tiny_shards: Path, tmp_path: Path, nproc: int
+) -> Callable[[str], list[str]]:
+    """``name -> argv`` of a Stage-I run on the tiny shards, work dir and network named
+    ``name`` under ``tmp_path``: plain python for 1 rank, torchrun for more."""
+
+    def cmd(name: str) -> list[str]:
+        args = train_args(
+            cfg_path, tiny_shards / "train-64", tmp_path / name, tmp_path / f"{name}.pt"
+        )
+        return torchrun_cmd(nproc, *args) if nproc > 1 else python_cmd(*args)
+
+    return cmd
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("nproc", "amp"), [(1, "fp32"), (2, "fp32"), (1, "fp16")])
 def test_sigkill_and_restart_is_bit_identical(tiny_shards, tmp_path, nproc, amp):
@@ -102,12 +118,7 @@ def test_sigkill_and_restart_is_bit_identical(tiny_shards, tmp_path, nproc, amp)
     )
     cfg_path = write_config(tmp_path / "c.yaml", cfg)
 
-    def cmd(name: str) -> list[str]:
-        args = train_args(
-            cfg_path, tiny_shards / "train-64", tmp_path / name, tmp_path / f"{name}.pt"
-        )
-        return torchrun_cmd(nproc, *args) if nproc > 1 else python_cmd(*args)
-
+    cmd = _stage1_command(cfg_path, tiny_shards, tmp_path, nproc)
     run(cmd("straight"))
     _kill_after_checkpoint(cmd("killed"), tmp_path / "killed", step=10)
     assert not (tmp_path / "killed.pt").exists()
@@ -334,12 +345,7 @@ def test_sigterm_to_the_whole_process_group_saves_the_signal_step(tiny_shards, t
     cfg = run_config(1, batch_size=3, epochs=1000, max_steps=160, num_workers=2, deterministic=True)
     cfg_path = write_config(tmp_path / "c.yaml", cfg)
 
-    def cmd(name: str) -> list[str]:
-        args = train_args(
-            cfg_path, tiny_shards / "train-64", tmp_path / name, tmp_path / f"{name}.pt"
-        )
-        return torchrun_cmd(nproc, *args) if nproc > 1 else python_cmd(*args)
-
+    cmd = _stage1_command(cfg_path, tiny_shards, tmp_path, nproc)
     run(cmd("straight"))
     proc = subprocess.Popen(
         cmd("signalled"),

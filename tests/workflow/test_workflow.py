@@ -731,23 +731,30 @@ def test_second_invocation_has_nothing_to_do(smoke_run: Path) -> None:
     assert "Job stats:" not in proc.output
 
 
+def smoke_variant(work: Path, *config: str) -> subprocess.CompletedProcess:
+    """Another pipeline run of the smoke preset in ``work`` with extra ``--config`` values
+    (another run name and experiment keep the smoke run's own checks valid); must succeed."""
+    proc = snakemake(
+        work,
+        "--profile",
+        str(LOCAL_PROFILE),
+        "--config",
+        "preset=smoke",
+        *config,
+        timeout=RUN_TIMEOUT_S,
+    )
+    assert proc.returncode == 0, tail(proc, 120)
+    return proc
+
+
 def test_runs_diff_of_two_pipeline_runs_that_differ_in_one_learning_rate(
     smoke_run: Path,
 ) -> None:
     """A second pipeline run beside the smoke run, with another lr_g for both stages (in its
     own experiment, so the other tests' run counts hold), then ``stackgan runs --diff``."""
-    proc = snakemake(
-        smoke_run,
-        "--profile",
-        str(LOCAL_PROFILE),
-        "--config",
-        "preset=smoke",
-        "run=smoke-lr",
-        "train={lr_g: 3.0e-4}",
-        "mlflow={experiment: stackgan-smoke-lr}",
-        timeout=RUN_TIMEOUT_S,
+    proc = smoke_variant(
+        smoke_run, "run=smoke-lr", "train={lr_g: 3.0e-4}", "mlflow={experiment: stackgan-smoke-lr}"
     )
-    assert proc.returncode == 0, tail(proc, 120)
     stats = job_stats(proc.output)
     assert "make_twin" not in stats and "build_shards" not in stats  # the data are shared
     uri = f"sqlite:///{smoke_run / 'results' / 'mlflow.db'}"
@@ -781,18 +788,12 @@ def test_runs_with_other_data_settings_get_their_own_data(smoke_run: Path) -> No
     directory, and afterwards the smoke run has nothing to redo (its data untouched)."""
     manifest = smoke_run / SMOKE_DATA / "shards/train-64/manifest.json"
     before = manifest.read_bytes()
-    proc = snakemake(
+    proc = smoke_variant(
         smoke_run,
-        "--profile",
-        str(LOCAL_PROFILE),
-        "--config",
-        "preset=smoke",
         "run=smoke-bigger-twin",
         "data={twin: {images_per_class: 8}}",
         "mlflow={experiment: stackgan-smoke-data}",
-        timeout=RUN_TIMEOUT_S,
     )
-    assert proc.returncode == 0, tail(proc, 120)
     other = preset_data_dir("smoke", data={"twin": {"images_per_class": 8}})
     assert other != SMOKE_DATA
     assert job_stats(proc.output)["make_twin"] == 1  # its own twin, shards and classifier
