@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 import time
@@ -214,3 +215,33 @@ def wait_until(pred: Callable[[], Any], timeout: float, what: str, interval: flo
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+class ReferenceUnpickler(pickle.Unpickler):
+    """The standard library's unpickler (an independent reference for the project's own
+    restricted loader) with globals limited to numpy's array reconstruction: what the
+    StackGAN bundle's pickles need, and nothing that could run other code."""
+
+    ALLOWED = frozenset(
+        {
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+        }
+    )
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+        if module.startswith("numpy.") and name == "_reconstruct":
+            import numpy as np
+
+            return np.ndarray.__reduce__(np.zeros(0))[0]  # numpy's own _reconstruct
+        return super().find_class(module, name)
+
+
+def reference_unpickle(path: Path, encoding: str = "ASCII") -> Any:
+    """Read ``path`` with :class:`ReferenceUnpickler` (``encoding`` as ``pickle.load``'s)."""
+    with open(path, "rb") as fh:
+        return ReferenceUnpickler(fh, encoding=encoding).load()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from stackgan.data.pickles import LazyArray, UnsafePickleError, dump_py2_pickle, load_pickle
+from tests.helpers import reference_unpickle
 
 
 def test_py2_pickle_needs_latin1_and_matches_plain_latin1_load(tmp_path):
@@ -17,13 +18,12 @@ def test_py2_pickle_needs_latin1_and_matches_plain_latin1_load(tmp_path):
     ]
     path = tmp_path / "emb.pickle"
     dump_py2_pickle(embs, path)
-    # Plain pickle.load on purpose: the file was just written by this test (trusted); it checks
-    # the reference's own way of reading the bundle.
-    # The real bundle's property: Python 3's default ASCII decoding fails on the binary str payload.
-    with pytest.raises(UnicodeDecodeError), open(path, "rb") as fh:
-        pickle.load(fh)
-    with open(path, "rb") as fh:
-        reference = pickle.load(fh, encoding="latin1")
+    # The standard library's unpickler as the reference (globals limited to numpy's array
+    # reconstruction). The real bundle's property: Python 3's default ASCII decoding fails
+    # on the binary str payload; latin1, as the reference code reads it, works.
+    with pytest.raises(UnicodeDecodeError):
+        reference_unpickle(path)
+    reference = reference_unpickle(path, encoding="latin1")
     ours = load_pickle(path)
     for a, b, c in zip(embs, reference, ours, strict=True):
         np.testing.assert_array_equal(a, b)
@@ -104,3 +104,14 @@ def test_python3_numpy_pickles_also_load(tmp_path):
     out = load_pickle(path)
     np.testing.assert_array_equal(out[0], data[0])
     assert out[1] == 3
+
+
+def test_the_reference_unpickler_refuses_other_globals(tmp_path):
+    """The tests' stdlib reference reader is restricted too: a pickle that would call
+    anything but numpy's array reconstruction is refused before it runs."""
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.pickle"
+    path.write_bytes(pickle.dumps(_Evil(marker), protocol=2))
+    with pytest.raises(pickle.UnpicklingError, match="is not allowed"):
+        reference_unpickle(path, "latin1")
+    assert not marker.exists()

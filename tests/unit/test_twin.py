@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 
 import numpy as np
 from PIL import Image
@@ -21,6 +20,7 @@ from stackgan.data.twin import (
     split_of,
     write_twin,
 )
+from tests.helpers import reference_unpickle
 
 
 def _tree_digest(root):
@@ -51,13 +51,11 @@ def test_layout_and_formats_match_the_real_data(tiny_twin):
     # float boxes "x y w h"
     first = (cub / "bounding_boxes.txt").read_text().splitlines()[0].split()
     assert len(first) == 5 and all("." in v for v in first[1:])
-    # Python-2 pickles that need latin1. Plain pickle.load on purpose: these files were just
-    # written by the project (trusted), and the reference code reads them exactly this way.
-    with open(tiny_twin / "train" / "char-CNN-RNN-embeddings.pickle", "rb") as fh:
-        emb = pickle.load(fh, encoding="latin1")
+    # Python-2 pickles that need latin1, read by the standard library's unpickler (globals
+    # limited to numpy's array reconstruction), as the reference code reads them.
+    emb = reference_unpickle(tiny_twin / "train" / "char-CNN-RNN-embeddings.pickle", "latin1")
     assert isinstance(emb, list) and emb[0].shape == (10, 1024) and emb[0].dtype == np.float32
-    with open(tiny_twin / "train" / "filenames.pickle", "rb") as fh:
-        keys = pickle.load(fh, encoding="latin1")
+    keys = reference_unpickle(tiny_twin / "train" / "filenames.pickle", "latin1")
     assert all("/" in k and not k.endswith(".jpg") for k in keys)
     # text_c10 with 10 captions per image
     cap_files = list((tiny_twin / "text_c10").rglob("*.txt"))
