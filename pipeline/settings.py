@@ -343,27 +343,27 @@ def data_identity(config: dict[str, Any]) -> dict[str, Any]:
     return ident
 
 
-def data_key(config: dict[str, Any]) -> str:
-    """The short hash of :func:`data_identity` that names the data directory."""
+def _identity_sha256(ident: dict[str, Any]) -> str:
     import hashlib
     import json
 
-    canonical = json.dumps(data_identity(config), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:DATA_KEY_LEN]
+    canonical = json.dumps(ident, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def data_key(config: dict[str, Any]) -> str:
+    """The short hash of :func:`data_identity` that names the data directory."""
+    return _identity_sha256(data_identity(config))[:DATA_KEY_LEN]
 
 
 def write_data_config(
     config: dict[str, Any], path: str | Path, log: str | Path | None = None
 ) -> None:
     """Write the data directory's key, full hash and identity beside the data (atomically)."""
-    import hashlib
-    import json
-
     from stackgan.fileio import write_json
 
     ident = data_identity(config)
-    canonical = json.dumps(ident, sort_keys=True, separators=(",", ":"))
-    full = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    full = _identity_sha256(ident)
     write_json(path, {"key": full[:DATA_KEY_LEN], "sha256": full, "data": ident})
     if log is not None:
         Path(log).parent.mkdir(parents=True, exist_ok=True)

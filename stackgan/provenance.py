@@ -89,7 +89,8 @@ def shard_set_input(set_dir: str | Path, context: str) -> InputRecord:
     from stackgan.tracking.protocol import InputRecord
 
     set_dir = Path(set_dir)
-    manifest = json.loads((set_dir / MANIFEST).read_text(encoding="utf-8"))
+    raw = (set_dir / MANIFEST).read_bytes()
+    manifest = json.loads(raw)
     extra: dict[str, str] = {}
     described = set_dir.parent.parent / "data_config.json"  # the pipeline's data directory
     if described.is_file():
@@ -98,7 +99,7 @@ def shard_set_input(set_dir: str | Path, context: str) -> InputRecord:
             extra = {"data_key": str(data["key"]), "data_sha256": str(data["sha256"])}
     return InputRecord(
         name=str(manifest.get("set", set_dir.name)),
-        sha256=manifest_hash(set_dir),
+        sha256=sha256_bytes(raw),  # = manifest_hash(set_dir), from the bytes read once
         source=str(set_dir.resolve()),
         context=context,
         tags={
@@ -110,9 +111,12 @@ def shard_set_input(set_dir: str | Path, context: str) -> InputRecord:
     )
 
 
-def network_input(path: str | Path, context: str = "conditioning") -> InputRecord:
+def network_input(
+    path: str | Path, context: str = "conditioning", sha256: str | None = None
+) -> InputRecord:
     """A network file as a run input (Stage-II's frozen Stage-I), with the MLflow run id
-    that trained it when its ``metrics.json`` sibling records one."""
+    that trained it when its ``metrics.json`` sibling records one; ``sha256``: the file's
+    hash when the caller has it already."""
     import json
 
     from stackgan.fileio import sha256_file
@@ -127,7 +131,7 @@ def network_input(path: str | Path, context: str = "conditioning") -> InputRecor
             run_id = str(recorded) if recorded else run_id
     return InputRecord(
         name=path.parent.name + "-network" if path.parent.name else "network",
-        sha256=sha256_file(path),
+        sha256=sha256 or sha256_file(path),
         source=str(path.resolve()),
         context=context,
         tags={"mlflow_run_id": run_id},

@@ -313,7 +313,8 @@ def log_to_tracker(
             }
         )
         if inputs is not None:
-            tracker.log_input(network_input(inputs[0], context="evaluated"))
+            network_sha = result["network"]["sha256"]  # hashed once, for the cache key
+            tracker.log_input(network_input(inputs[0], context="evaluated", sha256=network_sha))
             tracker.log_input(index_input(inputs[1], context="evaluation"))
         tracker.log_metrics({k: float(v) for k, v in result["metrics"].items()}, step=0)
         tracker.log_artifact(out / "metrics.json", artifact_path="eval")
