@@ -1,7 +1,7 @@
-"""Collect a pipeline run's training and evaluation metrics into summary.json and an HTML table.
+"""Collect a pipeline run's training and evaluation metrics into summary.json.
 
     python -m pipeline.summarize --run demo --preset demo --train stage1/metrics.json ... \\
-        --eval eval/stage1/metrics.json ... --out summary.json --table metrics.html
+        --eval eval/stage1/metrics.json ... --out summary.json
 
 ``summary.json`` has a flat ``metrics`` mapping (``stage2.fid``, ``stage1.train.loss_d``,
 ...) that ``stackgan track log-summary`` puts on the MLflow parent run.
@@ -10,12 +10,11 @@
 from __future__ import annotations
 
 import argparse
-import html
 import json
 from pathlib import Path
 from typing import Any
 
-from stackgan.fileio import atomic_open, write_json
+from stackgan.fileio import write_json
 
 TRAIN_KEYS = ("loss_d", "loss_g", "kl", "d_real", "d_wrong", "d_fake", "img_per_s")
 
@@ -57,28 +56,6 @@ def collect(
     return metrics, details
 
 
-def html_table(run: str, metrics: dict[str, float], details: dict[str, Any]) -> str:
-    """A small self-contained HTML page with one row per metric."""
-    rows = "\n".join(
-        f"<tr><td>{html.escape(k)}</td><td style='text-align:right'>{v:.6g}</td></tr>"
-        for k, v in sorted(metrics.items())
-    )
-    skipped = "".join(
-        f"<li>{html.escape(stage)}: {html.escape(name)} &mdash; {html.escape(why)}</li>"
-        for stage, d in sorted(details.items())
-        for name, why in sorted(d.get("eval", {}).get("skipped", {}).items())
-    )
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>{html.escape(run)} metrics</title></head><body>"
-        f"<h2>StackGAN run {html.escape(run)}</h2>"
-        "<table border='1' cellpadding='4' style='border-collapse:collapse'>"
-        f"<tr><th>metric</th><th>value</th></tr>{rows}</table>"
-        + (f"<h3>Skipped metrics</h3><ul>{skipped}</ul>" if skipped else "")
-        + "</body></html>\n"
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m pipeline.summarize", description=__doc__.split("\n\n")[0]
@@ -88,14 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train", type=Path, nargs="*", default=[])
     p.add_argument("--eval", type=Path, nargs="*", default=[])
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--table", type=Path, required=True)
     args = p.parse_args(argv)
     metrics, details = collect(args.train, args.eval)
     write_json(
         args.out, {"run": args.run, "preset": args.preset, "metrics": metrics, "stages": details}
     )
-    with atomic_open(args.table, "w", encoding="utf-8") as fh:
-        fh.write(html_table(args.run, metrics, details))
     print(f"summary: {len(metrics)} metrics -> {args.out}")
     return 0
 

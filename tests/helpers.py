@@ -176,7 +176,7 @@ SMOKE_OUTPUTS = [
         for name in ("metrics.json", "grid.png")
     ),
     "results/smoke/summary.json",
-    "results/smoke/metrics.html",
+    "results/smoke/report.html",
 ]
 
 

@@ -1,29 +1,50 @@
 # Summary of the run (training + evaluation metrics), logged onto the MLflow parent run as
-# summary metrics; the parent run is then finished. `snakemake --report` adds the grids,
-# loss curves and this table to the HTML report.
+# summary metrics, and the run report (report.html: one offline page with the config, the
+# curves, the grids, the metrics beside chance and the real-image ceiling, a verdict per
+# stage and the MLflow links), uploaded onto the parent run; the parent run is then
+# finished. `snakemake --report` adds the grids, curves and the run report to its own page.
+
+
+def report_inputs(wildcards):
+    """The stages' metrics, the pipeline config and, on the twin, the classifier's scores."""
+    inputs = {
+        "train": expand(str(rules.train_stage.output.metrics), stage=S.stages),
+        "evals": expand(str(rules.evaluate.output.metrics), stage=S.eval_stages),
+        "parent": rules.mlflow_parent.output[0],
+        "parent_params": rules.mlflow_parent_params.output[0],
+        "cfg": rules.write_pipeline_config.output[0],
+    }
+    if COND_ACC:
+        inputs["classifier"] = rules.train_attribute_classifier.output.report
+    return inputs
 
 
 rule summarize:
     input:
-        train=expand(str(rules.train_stage.output.metrics), stage=S.stages),
-        evals=expand(str(rules.evaluate.output.metrics), stage=S.eval_stages),
-        parent=rules.mlflow_parent.output[0],
-        parent_params=rules.mlflow_parent_params.output[0],
+        unpack(report_inputs),
     output:
         summary=f"{RUN}/summary.json",
-        table=report(f"{RUN}/metrics.html", caption="../report/metrics_table.rst", category="Metrics"),
+        report=report(f"{RUN}/report.html", caption="../report/run_report.rst", category="Run report"),
     params:
         uri=tracking_uri(),
         run=config["run"],
         preset=config["preset"],
+        classifier=lambda w, input: (
+            f"--classifier-report {input.classifier}" if "classifier" in input.keys() else ""
+        ),
     log:
         f"{RUN}/logs/summarize.log",
     conda:
         CONDA_TRAIN
     shell:
         "(python -m pipeline.summarize --run {params.run} --preset {params.preset} --train {input.train} "
-        "--eval {input.evals} --out {output.summary} --table {output.table} && "
+        "--eval {input.evals} --out {output.summary} && "
+        "python -m pipeline.run_report --summary {output.summary} --pipeline-config {input.cfg} "
+        "--train {input.train} --eval {input.evals} {params.classifier} "
+        "--tracking-uri {params.uri:q} --parent-run-id-file {input.parent} --out {output.report} && "
         "python -m stackgan track log-summary --tracking-uri {params.uri:q} --parent-run-id-file {input.parent} "
         "--metrics {output.summary} && "
+        "python -m stackgan track log-artifact --tracking-uri {params.uri:q} --parent-run-id-file {input.parent} "
+        "--file {output.report} && "
         "python -m stackgan track finish-parent --tracking-uri {params.uri:q} --parent-run-id-file {input.parent}) "
         "> {log} 2>&1"

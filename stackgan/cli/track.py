@@ -6,6 +6,7 @@ Sub-commands:
   and write its id atomically to ``--out``.
 * ``log-params``    — log the resolved pipeline config onto the parent run as params.
 * ``log-summary``   — copy numeric evaluation results onto the parent run as metrics.
+* ``log-artifact``  — upload a file (the run report) onto the parent run.
 * ``finish-parent`` — end the parent run with a status (and set tag ``status``).
 * ``check``         — the fail-fast store check alone (exit 1 with the reason).
 
@@ -92,6 +93,15 @@ def cmd_log_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_log_artifact(args: argparse.Namespace) -> int:
+    """Upload ``--file`` as an artifact of the parent run."""
+    from stackgan.tracking.parent import log_parent_artifact
+
+    run_id = log_parent_artifact(args.tracking_uri, args.parent_run_id_file, args.file)
+    print(f"logged artifact {args.file.name} on run {run_id}")
+    return 0
+
+
 def cmd_finish_parent(args: argparse.Namespace) -> int:
     """End the parent run with ``--status`` and set tag ``status``."""
     from stackgan.tracking.parent import finish_parent_run
@@ -161,6 +171,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--metrics", type=Path, required=True, help='JSON with a "metrics" mapping')
     p.add_argument("--prefix", default="", help="metric name prefix, e.g. 'stage2.'")
     p.set_defaults(func=cmd_log_summary)
+
+    p = add("log-artifact", "upload a file (the run report) onto the parent run")
+    p.add_argument("--parent-run-id-file", type=Path, required=True)
+    p.add_argument("--file", type=Path, required=True, help="the file to upload")
+    p.set_defaults(func=cmd_log_artifact)
 
     p = add("finish-parent", "end the parent run with a status")
     p.add_argument("--parent-run-id-file", type=Path, required=True)

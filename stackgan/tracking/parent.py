@@ -160,6 +160,15 @@ def log_summary(
     return run_id, len(metrics)
 
 
+def log_parent_artifact(uri: str, parent_run_id_file: Path, path: Path) -> str:
+    """Upload ``path`` (e.g. the run report) as an artifact of the parent run; its run id."""
+    if not path.is_file():
+        raise ValueError(f"{path}: not found (expected the file to log as an artifact)")
+    run_id = parent_run_id(parent_run_id_file)
+    mlflow_client(uri).log_artifact(run_id, str(path))
+    return run_id
+
+
 def finish_parent_run(uri: str, parent_run_id_file: Path, status: str = "FINISHED") -> str:
     """End the parent run with ``status`` (also set as its ``status`` tag); its id."""
     run_id = parent_run_id(parent_run_id_file)

@@ -442,6 +442,8 @@ def _finish(
         tracker.log_artifact(job.workdir / "run_config.yaml")
         if curve is not None:
             tracker.log_artifact(curve)
+        if job.grid_out is not None:
+            tracker.log_artifact(job.grid_out)  # the final sample grid (samples.png)
         tracker.log_artifact(job.out, artifact_path="network")
         tracker.set_tags({STATUS_TAG: JOB_FINISHED})
         tracker.close("FINISHED")

@@ -11,9 +11,11 @@ and shared by the MLflow, report and rerun tests.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -25,7 +27,18 @@ import pytest
 import yaml
 
 from pipeline.settings import merge_with_preset
+from stackgan.tracking.links import compare_url, experiment_url, run_url
+from tests.browser import (
+    click_text,
+    headless_chromium,
+    require_browser,
+    screenshot,
+    scroll_to_text,
+    wait_for_text,
+    wait_js,
+)
 from tests.helpers import SMOKE_DATA, SMOKE_OUTPUTS, TRAIN_METRICS, clean_env, preset_data_dir
+from tests.mlflow_server import mlflow_server, rest
 
 pytestmark = pytest.mark.workflow
 
@@ -461,7 +474,11 @@ def test_smoke_run_writes_every_declared_output(smoke_run: Path) -> None:
     summary = json.loads((smoke_run / "results/smoke/summary.json").read_text())
     assert summary["run"] == "smoke" and summary["preset"] == "smoke", summary
     assert "stage2.cond_body_accuracy" in summary["metrics"], sorted(summary["metrics"])
-    assert "stage2.cond_body_accuracy" in (smoke_run / "results/smoke/metrics.html").read_text()
+    page = (smoke_run / "results/smoke/report.html").read_text()
+    assert "stage2.cond_body_accuracy" in page and "Stage-II (256 px)" in page
+    # The run report is offline: its pictures are embedded, nothing is fetched.
+    assert page.count("src='data:image/png;base64,") == 6, page.count("data:image/png")
+    assert "<script" not in page and "<link" not in page
 
 
 def _client(work: Path):
@@ -503,7 +520,11 @@ def test_mlflow_parent_and_child_runs(smoke_run: Path) -> None:
     exp = client.get_experiment_by_name("stackgan-smoke")
     assert exp is not None
     runs = client.search_runs([exp.experiment_id], max_results=100)
-    parents = client.search_runs([exp.experiment_id], filter_string="tags.stage = 'pipeline'")
+    # (Later tests add other pipeline runs to this experiment: count this run's own.)
+    parents = client.search_runs(
+        [exp.experiment_id],
+        filter_string="tags.stage = 'pipeline' and attributes.run_name = 'smoke'",
+    )
     assert len(parents) == 1, [(r.info.run_name, r.data.tags.get("stage")) for r in runs]
     parent = parents[0]
     pid = parent.info.run_id
@@ -531,7 +552,12 @@ def test_mlflow_parent_and_child_runs(smoke_run: Path) -> None:
     )
     by_name = {r.info.run_name: r for r in children}
     assert sorted(by_name) == ["eval-stage1", "eval-stage2", "stage1", "stage2"], sorted(by_name)
-    assert len(children) == 4 and len(runs) == 5, "no duplicated or stray runs"
+    mine = [r for r in runs if pid in (r.info.run_id, r.data.tags.get("mlflow.parentRunId"))]
+    assert len(children) == 4 and len(mine) == 5, "no duplicated runs"
+    parent_ids = {r.info.run_id for r in runs if r.data.tags.get("stage") == "pipeline"}
+    orphans = [r.info.run_name for r in runs if r.info.run_id not in parent_ids
+               and r.data.tags.get("mlflow.parentRunId") not in parent_ids]  # fmt: skip
+    assert not orphans, "every run belongs to a pipeline run"
     assert all(r.info.status == "FINISHED" for r in children), [
         (r.info.run_name, r.info.status) for r in children
     ]
@@ -542,6 +568,14 @@ def test_mlflow_parent_and_child_runs(smoke_run: Path) -> None:
     assert set(parent.data.metrics) == set(summary), set(parent.data.metrics) ^ set(summary)
     for key, value in summary.items():
         assert math.isclose(parent.data.metrics[key], value, rel_tol=1e-6, abs_tol=1e-9), key
+    # The run report is on the parent run too, byte for byte, and links to every run.
+    assert "report.html" in _artifacts(client, pid)
+    local = client.download_artifacts(pid, "report.html", str(smoke_run / "dl-report"))
+    page = (smoke_run / "results/smoke/report.html").read_bytes()
+    assert Path(local).read_bytes() == page
+    for run in [parent, *children]:
+        link = f"/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}"
+        assert link.encode() in page, run.info.run_name
 
     head = git_head()
     for stage in (1, 2):
@@ -624,7 +658,8 @@ def test_mlflow_artifacts_and_images(smoke_run: Path) -> None:
     for stage in (1, 2):
         run_id = by_name[f"stage{stage}"].info.run_id
         arts = _artifacts(client, run_id)
-        assert {"run_config.yaml", "loss_curves.png", "network/network-final.pt"} <= set(arts), arts
+        want = {"run_config.yaml", "loss_curves.png", "samples.png", "network/network-final.pt"}
+        assert want <= set(arts), arts
         # Step-indexed sample grids logged with log_image during training.
         steps = {
             int(m.group(1))
@@ -677,7 +712,7 @@ def _report_json(html: str, name: str) -> Any:
 
 
 def test_report_contains_grids_curves_and_metrics_table(smoke_run: Path) -> None:
-    report = smoke_run / "results/smoke/report.html"
+    report = smoke_run / "results/smoke/snakemake-report.html"
     proc = snakemake(
         smoke_run,
         "--profile",
@@ -700,8 +735,8 @@ def test_report_contains_grids_curves_and_metrics_table(smoke_run: Path) -> None
     assert evaluation == {
         f"results/smoke/eval/stage{s}/{n}" for s in (1, 2) for n in ("metrics.json", "grid.png")
     }
-    assert [f for files in categories["Metrics"].values() for f in files] == [
-        "results/smoke/metrics.html"
+    assert [f for files in categories["Run report"].values() for f in files] == [
+        "results/smoke/report.html"
     ]
 
     # Each entry embeds the file itself.
@@ -710,14 +745,14 @@ def test_report_contains_grids_curves_and_metrics_table(smoke_run: Path) -> None
         "results/smoke/stage2/samples.png",
         "results/smoke/eval/stage1/grid.png",
         "results/smoke/eval/stage2/grid.png",
-        "results/smoke/metrics.html",
+        "results/smoke/report.html",
     ):
         entry = results[path]
         data = base64.b64decode(entry["data_uri"].split("base64,", 1)[1])
         assert data == (smoke_run / path).read_bytes(), path
         assert entry["caption"].strip(), path
     table = base64.b64decode(
-        results["results/smoke/metrics.html"]["data_uri"].split("base64,", 1)[1]
+        results["results/smoke/report.html"]["data_uri"].split("base64,", 1)[1]
     ).decode()
     assert "stage2.cond_body_accuracy" in table and "stage1.train.loss_d" in table
 
@@ -747,16 +782,21 @@ def smoke_variant(work: Path, *config: str) -> subprocess.CompletedProcess:
     return proc
 
 
-def test_runs_diff_of_two_pipeline_runs_that_differ_in_one_learning_rate(
-    smoke_run: Path,
-) -> None:
-    """A second pipeline run beside the smoke run, with another lr_g for both stages (in its
-    own experiment, so the other tests' run counts hold), then ``stackgan runs --diff``."""
-    proc = smoke_variant(
-        smoke_run, "run=smoke-lr", "train={lr_g: 3.0e-4}", "mlflow={experiment: stackgan-smoke-lr}"
-    )
+@pytest.fixture(scope="module")
+def smoke_lr_run(smoke_run: Path) -> Path:
+    """A second pipeline run beside the smoke run (``smoke-lr``), in the same experiment and
+    on the same data, with another lr_g for both stages."""
+    proc = smoke_variant(smoke_run, "run=smoke-lr", "train={lr_g: 3.0e-4}")
     stats = job_stats(proc.output)
     assert "make_twin" not in stats and "build_shards" not in stats  # the data are shared
+    return smoke_run
+
+
+def test_runs_diff_of_two_pipeline_runs_that_differ_in_one_learning_rate(
+    smoke_lr_run: Path,
+) -> None:
+    """``stackgan runs --diff`` of the smoke run and the smoke-lr run."""
+    smoke_run = smoke_lr_run
     uri = f"sqlite:///{smoke_run / 'results' / 'mlflow.db'}"
     diff = subprocess.run(
         [sys.executable, "-m", "stackgan.cli.runs", "--tracking-uri", uri, "--diff", "smoke",
@@ -773,7 +813,7 @@ def test_runs_diff_of_two_pipeline_runs_that_differ_in_one_learning_rate(
             sections[title].append(line.split()[0])
     parent = next(t for t in sections if t.startswith("smoke ("))
     assert "params.train.lr_g" in sections[parent]
-    assert "params.mlflow.experiment" in sections[parent] and "params.run" in sections[parent]
+    assert "params.run" in sections[parent] and "params.mlflow.experiment" not in sections[parent]
     assert "params.stage1.config_sha256" in sections[parent]
     assert not [k for k in sections[parent] if k.startswith("params.model.")]
     for stage in ("stage1", "stage2"):
@@ -781,6 +821,106 @@ def test_runs_diff_of_two_pipeline_runs_that_differ_in_one_learning_rate(
         assert "params.config.train.lr_g" in changed, changed
         assert not [k for k in changed if k.startswith("params.config.model.")], changed
         assert "params.data.manifest_sha256" not in changed  # same shards
+
+
+def _rest_tags(run: dict[str, Any], kind: str = "tags") -> dict[str, str]:
+    return {t["key"]: t["value"] for t in run["data"].get(kind, [])}
+
+
+def test_mlflow_rest_and_ui_show_the_two_pipeline_runs(smoke_lr_run: Path, tmp_path: Path) -> None:
+    """A real ``mlflow server`` over the store of the two pipeline runs. REST shows the
+    experiment kind, the parents' params, the dataset inputs and the Stage-II -> Stage-I
+    lineage; headless Chromium shows the training-runs view with both parents, their
+    differing param, a stage run's dataset and its sample grid (screenshots: set
+    STACKGAN_SCREENSHOTS=docs/img to refresh the docs' pictures)."""
+    require_browser()
+    from selenium.webdriver.common.by import By
+
+    work = smoke_lr_run
+    shots = tmp_path / "shots"
+    with mlflow_server(f"sqlite:///{work / 'results/mlflow.db'}", tmp_path / "server.log") as (
+        url,
+        _,
+    ):
+        exp = rest(url, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=stackgan-smoke")
+        exp_id = exp["experiment"]["experiment_id"]
+        kind = {"key": "mlflow.experimentKind", "value": "custom_model_development"}
+        assert kind in exp["experiment"]["tags"]
+        body = {"experiment_ids": [exp_id], "max_results": 100}
+        runs = rest(url, "/api/2.0/mlflow/runs/search", body)["runs"]
+        parents = {
+            r["info"]["run_name"]: r for r in runs if _rest_tags(r).get("stage") == "pipeline"
+        }
+        assert sorted(parents) == ["smoke", "smoke-lr"]
+        p0, p1 = (_rest_tags(parents[n], "params") for n in ("smoke", "smoke-lr"))
+        assert (p0["train.lr_g"], p1["train.lr_g"]) == ("0.0002", "0.0003")
+        differ = {k for k in p0.keys() | p1.keys() if p0.get(k) != p1.get(k)}
+        assert differ == {"run", "train.lr_g", "stage1.config_sha256", "stage2.config_sha256"}
+
+        pid = parents["smoke"]["info"]["run_id"]
+        kids = {r["info"]["run_name"]: r for r in runs
+                if _rest_tags(r).get("mlflow.parentRunId") == pid}  # fmt: skip
+        s1, s2 = kids["stage1"], kids["stage2"]
+        s1_id = s1["info"]["run_id"]
+        inputs = {i["dataset"]["name"]: i for i in s1["inputs"]["dataset_inputs"]}
+        manifest = _sha256(work / SMOKE_DATA / "shards/train-64/manifest.json")
+        train64 = inputs["train-64"]
+        assert manifest.startswith(train64["dataset"]["digest"])
+        context = {t["key"]: t["value"] for t in train64["tags"]}
+        assert context["sha256"] == manifest and context["mlflow.data.context"] == "training"
+        assert (context["split"], context["resolution"]) == ("train", "64")
+        # Stage-II -> Stage-I lineage: tags and an input naming the network and its run.
+        network = _sha256(work / "results/smoke/stage1/network-final.pt")
+        tags2 = _rest_tags(s2)
+        assert tags2["stage1.mlflow_run_id"] == s1_id and tags2["stage1.network_sha256"] == network
+        cond = [
+            i for i in s2["inputs"]["dataset_inputs"] if i["dataset"]["name"] == "stage1-network"
+        ]
+        assert len(cond) == 1 and network.startswith(cond[0]["dataset"]["digest"])
+        assert {"key": "mlflow_run_id", "value": s1_id} in cond[0]["tags"]
+
+        with headless_chromium() as driver:
+            # The run report, opened from disk: every picture renders, no network needed.
+            driver.get((work / "results/smoke/report.html").as_uri())
+            wait_for_text(driver, "Stage-I (64 px)", "Stage-II (256 px)", "Config")
+            rendered = "[...document.images].filter(i => i.complete && i.naturalWidth > 0)"
+            assert wait_js(driver, f"{rendered}.length >= 6 && {rendered}.length", "pictures") == 6
+            screenshot(driver, shots / "run-report-smoke.png")
+
+            driver.get(experiment_url(url, exp_id))
+            text = wait_for_text(driver, "smoke-lr", "Run Name")
+            assert "smoke" in text.splitlines() and "Detect Issues" not in text
+            with contextlib.suppress(Exception):  # MLflow's assistant panel opens on first use
+                driver.find_element(By.CSS_SELECTOR, "button[aria-label='Close']").click()
+            expanders = "button[data-component-id*='runnamecellrenderer']"  # a parent's "+"
+            for button in reversed(driver.find_elements(By.CSS_SELECTOR, expanders)):
+                button.click()
+            # The children are listed under their parents, with their datasets.
+            text = wait_for_text(driver, "eval-stage2", "train-64")
+            assert text.count("stage1") >= 2, text
+            screenshot(driver, shots / "mlflow-training-runs.png")
+
+            ids = [parents[n]["info"]["run_id"] for n in ("smoke", "smoke-lr")]
+            driver.get(compare_url(url, exp_id, ids))
+            wait_for_text(driver, "Show diff only", "train.lr_g")
+            click_text(driver, "Show diff only")
+            text = wait_for_text(driver, "stage1.config_sha256")
+            assert re.search(r"train\.lr_g\s+0\.0002\s+0\.0003", text), text[-3000:]
+            assert "data.twin.classes" not in text.split("Show diff only", 1)[1]
+            scroll_to_text(driver, "Parameters")
+            screenshot(driver, shots / "mlflow-compare-diff.png")
+
+            driver.get(run_url(url, exp_id, s1_id))
+            wait_for_text(driver, "Datasets", f"train-64 ({train64['dataset']['digest']})")
+            screenshot(driver, shots / "mlflow-stage1-run.png")
+
+            driver.get(run_url(url, exp_id, s1_id).replace("?", "/artifacts?"))
+            wait_for_text(driver, "samples.png", "loss_curves.png", "network")
+            click_text(driver, "samples.png")
+            loaded = "[...document.images].some(i => i.complete && i.naturalWidth > 100)"
+            wait_js(driver, loaded, "the sample grid's preview")
+            screenshot(driver, shots / "mlflow-stage1-artifacts.png")
+    assert all((shots / n).stat().st_size > 10_000 for n in os.listdir(shots))
 
 
 def test_runs_with_other_data_settings_get_their_own_data(smoke_run: Path) -> None:
