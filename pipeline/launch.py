@@ -1,4 +1,5 @@
-"""Turn a training rule's resources into the right launcher, then exec it.
+"""Turn a training rule's resources into the right launcher, run it, and requeue a stopped
+SLURM job.
 
     python -m pipeline.launch --nodes N --ranks-per-node R --gpus-per-node G --cpus-per-task C \\
         -- -m stackgan.cli.train --config ... --data ...
@@ -11,18 +12,30 @@
 * one rank: plain ``python``.
 
 torchrun forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT and SIGUSR1 to the workers, which
-checkpoint at the next step boundary and exit (see stackgan.training.control).
+checkpoint at the next step boundary and exit 75 (see stackgan.training.control).
+
+The launcher itself ignores SIGTERM and SIGUSR1 (SLURM signals every process of the job at
+preemption, at ``--signal`` time and on ``scancel --signal=... --full``; the launcher must
+outlive the ranks, which get the signal themselves) and waits for the command. When the
+command exits 75 ("stopped after saving") inside a SLURM job that is still RUNNING, it
+requeues that job (``scontrol requeue``): the same job id runs again and resumes from the
+saved state, and Snakemake keeps waiting for it. ``--no-requeue`` turns that off.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 
 SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+EXIT_STOPPED = 75  # the trainer saved its state on a stop signal (EX_TEMPFAIL)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 def rendezvous_port(job_id: str | int) -> int:
@@ -102,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpus-per-node", type=int, default=0)
     p.add_argument("--cpus-per-task", type=int, default=1)
     p.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
+    p.add_argument(
+        "--no-requeue",
+        action="store_true",
+        help="do not requeue the SLURM job when the training stops after saving (exit 75)",
+    )
     args = p.parse_args(argv[:split])
     train_args = argv[split + 1 :]
     if not train_args:
@@ -117,8 +135,49 @@ def main(argv: list[str] | None = None) -> int:
     print("launch:", " ".join(cmd), flush=True)
     if args.dry_run:
         return 0
-    os.execvp(cmd[0], cmd)
-    return 127  # not reached
+    rc = run_command(cmd)
+    if rc == EXIT_STOPPED and not args.no_requeue:
+        requeue_slurm_job(os.environ.get("SLURM_JOB_ID"))
+    return rc
+
+
+def run_command(cmd: list[str]) -> int:
+    """Run ``cmd`` to its end, ignoring the stop signals here once it is started (it keeps
+    the dispositions the launcher was started with); its exit status (128 + N when signal N
+    killed it)."""
+    try:
+        child = subprocess.Popen(cmd)
+    except OSError as err:
+        print(f"launch: cannot run {cmd[0]}: {err}", file=sys.stderr)
+        return 127
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    rc = child.wait()
+    return 128 - rc if rc < 0 else rc
+
+
+def requeue_slurm_job(job_id: str | None) -> bool:
+    """``scontrol requeue`` this SLURM job if it is still RUNNING (not when it is being
+    cancelled, or outside SLURM); whether it was requeued."""
+    if not job_id or shutil.which("scontrol") is None:
+        print("launch: stopped after saving (exit 75); not a SLURM job: run again to resume")
+        return False
+    shown = subprocess.run(
+        ["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=30
+    )
+    state = re.search(r"\bJobState=(\S+)", shown.stdout)
+    if shown.returncode != 0 or not state or state.group(1) != "RUNNING":
+        found = state.group(1) if state else "unknown"
+        print(f"launch: stopped after saving; job {job_id} is {found}: not requeued", flush=True)
+        return False
+    done = subprocess.run(
+        ["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=30
+    )
+    if done.returncode != 0:
+        print(f"launch: scontrol requeue {job_id} failed: {done.stderr.strip()}", flush=True)
+        return False
+    print(f"launch: stopped after saving; requeued SLURM job {job_id} to resume", flush=True)
+    return True
 
 
 if __name__ == "__main__":

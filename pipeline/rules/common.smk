@@ -65,11 +65,13 @@ def train_resources(stage):
     r = config["resources"][f"train_stage{stage}"]
     res = {"mem_mb": r["mem_mb"], "runtime": r["runtime"], "cpus_per_task": r["cpus_per_task"]}
     res.update({k: r[k] for k in ("slurm_partition", "gpu_model") if r.get(k)})
+    # SIGUSR1 to the job's steps three minutes before the time limit (and at preemption
+    # where the site sets preempt_send_user_signal): every rank saves at its next step and
+    # exits 75, and the launcher requeues the job, which resumes (pipeline/launch.py).
+    res["slurm_extra"] = "'--signal=USR1@180'"
     if r["nodes"] > 1:
-        # srun in the rule starts one torchrun per node; SIGUSR1 three minutes before the
-        # time limit makes every rank checkpoint and exit (the retry then resumes).
+        # srun in the rule starts one torchrun per node.
         res.update(nodes=r["nodes"], mpi="srun", tasks=r["nodes"], tasks_per_gpu=0)
-        res["slurm_extra"] = "'--signal=USR1@180'"
         if r["gpus"] > 0:
             res["gres"] = f"gpu:{r['gpus']}"
     elif r["gpus"] > 0:

@@ -101,8 +101,11 @@ rule train_stage:
         **{k: (lambda w, k=k: train_resources(int(w.stage)).get(k)) for k in TRAIN_RESOURCE_KEYS},
     conda:
         CONDA_TRAIN
+    # `trap '' TERM USR1`: the shell and tee outlive a signal sent to every process of the
+    # job (preemption, the time limit, scancel --full), so the ranks can log, save and exit
+    # 75, and the launcher can requeue the job (pipeline/launch.py).
     shell:
-        "python -m pipeline.launch {params.launch} -- -m stackgan.cli.train --config {input.cfg} --data {params.data} "
+        "trap '' TERM USR1; python -m pipeline.launch {params.launch} -- -m stackgan.cli.train --config {input.cfg} --data {params.data} "
         "--workdir {params.workdir} --out {output.network} --metrics-out {output.metrics} "
         "{params.stage1}--loss-curve {output.curve} --grid-out {output.grid} --grid-index {input.index} "
         "--parent-run-id-file {input.parent} {params.monitor} {params.tracking} 2>&1 | tee -a {log}"

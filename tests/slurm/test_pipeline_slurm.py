@@ -408,3 +408,50 @@ def test_requeued_stage1_resumes_from_its_checkpoint(pipeline: Callable[..., Pip
     assert steps[0] <= step_at_requeue and steps[-1] == total_steps, steps
     assert any(s > resumed for s in steps), steps
     assert children["stage2"].data.tags.get("stackgan.attempt") == "1"
+
+
+def test_stop_signal_saves_the_signal_step_and_the_job_requeues_itself(
+    pipeline: Callable[..., PipelineRun],
+) -> None:
+    """``scancel --signal=USR1`` of the running Stage-I job: what SLURM sends to the job's
+    steps at ``--signal=USR1@180`` and, with ``preempt_send_user_signal``, at preemption.
+    Periodic checkpoints only every 100 steps, so the signal step's state is told apart from
+    them: the rank saves at the signal step and exits 75, the launcher requeues its own job
+    (same job id, Restarts=1), and the rerun resumes from the signal step."""
+    run = pipeline(
+        "--config",
+        "preset=smoke",
+        f"stage1={{epochs: {STAGE1_EPOCHS}}}",
+        "train={checkpoint_every_steps: 100}",
+        timeout=480,
+    )
+    log = run.workdir / "results/smoke/logs/train_stage1.log"
+
+    def stage1_past_step_130() -> tuple[str, int] | None:
+        assert run.alive(), f"snakemake ended during Stage-I:\n{run.tail()}"
+        job = (run.submitted().get("train_stage:1") or [None])[0]
+        steps = re.findall(r"step (\d+)/", log.read_text()) if log.is_file() else []
+        return (job, int(steps[-1])) if job and steps and int(steps[-1]) >= 130 else None
+
+    job, step = wait_until(stage1_past_step_130, 300, "Stage-I past step 130", 0.2)
+    assert step < STAGE1_EPOCHS * 6 - 60, "Stage-I nearly finished before the signal"
+    sh("scancel", "--signal=USR1", job)
+
+    rc = run.wait()
+    assert rc == 0, run.tail()
+    assert_outputs(run.workdir)
+    assert run.submitted()["train_stage:1"] == [job], run.submitted()  # not resubmitted
+    assert re.search(r"\bRestarts=1\b", sh("scontrol", "show", "job", "-o", job))
+    history = [
+        r
+        for r in sacct_jobs(run.run_uuid(), run.started, duplicates=True)
+        if (r["rule"], r["wildcard"]) == ("train_stage", "1")
+    ]
+    assert [r["State"] for r in history] == ["REQUEUED", "COMPLETED"], history
+    # The rerun resumed from the state saved at the signal (the next step boundary after
+    # it), not from the periodic one at step 100 (the signal step's own log line went with
+    # the first attempt's log, which SLURM and Snakemake start afresh on a rerun).
+    metrics = json.loads((run.workdir / "results/smoke/stage1/metrics.json").read_text())
+    resumed = metrics["resumed_from"]
+    assert resumed is not None and step <= resumed < step + 40 and resumed % 100, (step, metrics)
+    assert metrics["steps"] == STAGE1_EPOCHS * 6

@@ -5,6 +5,10 @@ launcher.
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -28,6 +32,7 @@ from stackgan.config import (
     TrainConfig,
     from_dict,
 )
+from tests.helpers import wait_until
 
 
 def test_presets_exist_and_resolve():
@@ -204,3 +209,36 @@ def test_launch_multi_node_uses_srun_and_c10d(tmp_path):
         build_command(
             nodes=2, ranks_per_node=1, gpus_per_node=0, cpus_per_task=1, train_args=["x"], env={}
         )
+
+
+def test_launcher_outlives_a_stop_signal_and_returns_the_trainers_status(tmp_path):
+    """SLURM may signal the launcher too: it ignores SIGTERM/SIGUSR1, waits for the command
+    (which is not signalled by it) and exits with the command's status; 75 outside SLURM
+    is reported, not requeued."""
+    started = tmp_path / "started"
+    child = (
+        "import pathlib, signal, time; "
+        "signal.signal(signal.SIGTERM, lambda *a: pathlib.Path('got-term').write_text('x')); "
+        f"pathlib.Path({str(started)!r}).write_text('1'); time.sleep(1.5); raise SystemExit(75)"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.launch", "--", "-c", child],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    wait_until(started.exists, 30, "the command to start")
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGUSR1)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 75, out
+    assert not (tmp_path / "got-term").exists()  # the launcher does not pass it on
+    assert "not a SLURM job: run again to resume" in out
+
+
+def test_launcher_reports_a_command_killed_by_a_signal(tmp_path):
+    code = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.launch", "--", "-c", code],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 128 + signal.SIGKILL, proc.stdout + proc.stderr

@@ -246,7 +246,9 @@ def test_paper_dry_run_on_a_fake_cub_tree(tmp_path: Path) -> None:
         assert got["mem_mb"] == str(r["mem_mb"]), got
         assert got["runtime"] == str(r["runtime"]), got
         assert not {"mpi", "nodes", "tasks", "gres", "tasks_per_gpu"} & got.keys(), got
+        assert got["slurm_extra"] == "'--signal=USR1@180'", got
         assert job["shell"].startswith(
+            "trap '' TERM USR1; "
             f"python -m pipeline.launch --nodes 1 --ranks-per-node 1 --gpus-per-node 1 "
             f"--cpus-per-task {r['cpus_per_task']} -- -m stackgan.cli.train "
         ), job["shell"]
@@ -339,6 +341,7 @@ def test_paper_multi_node_dry_run(tmp_path: Path) -> None:
     assert "gpu" not in got, got  # --gpus would be a job total, not per node
     assert "--signal=USR1@180" in got["slurm_extra"], got
     assert job["shell"].startswith(
+        "trap '' TERM USR1; "
         "python -m pipeline.launch --nodes 2 --ranks-per-node 4 --gpus-per-node 4 "
         "--cpus-per-task 32 -- -m stackgan.cli.train "
     ), job["shell"]
