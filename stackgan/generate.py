@@ -8,6 +8,7 @@ file of shape [N, D] or [N, 10, D]. The same arguments always give the same imag
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from PIL import Image
 
 from stackgan.data.index import SplitIndex
 from stackgan.fileio import atomic_path, write_json
-from stackgan.grids import make_grid, save_png, to_uint8
+from stackgan.grids import captioned_grid, make_grid, save_png, to_uint8
 from stackgan.sampling import Sampler, iterate_samples
 
 
@@ -67,8 +68,10 @@ def write_images(
     seed: int = 0,
     batch_size: int = 32,
     device: str = "cpu",
+    labels: Sequence[str] | None = None,
 ) -> int:
-    """``<row>_<sample>.png`` for ``samples`` images per embedding row, and ``grid.png``.
+    """``<row>_<sample>.png`` for ``samples`` images per embedding row, and ``grid.png``
+    (with ``labels``: one row per embedding with its label, e.g. the caption, underneath).
 
     Returns the number of images written (``len(embeddings) * samples``).
 
@@ -92,7 +95,12 @@ def write_images(
             with atomic_path(out_dir / f"{i:05d}_{s}.png") as tmp:
                 Image.fromarray(tile).save(tmp, format="PNG")
         images.append(out.final.cpu())
-    grid = make_grid(torch.cat(images), ncol=samples if samples > 1 else min(8, len(requests)))
+    every = torch.cat(images)  # [N * samples, 3, S, S]
+    if labels is not None:  # one row per embedding, its label (the caption) underneath
+        per_row = every.view(len(embeddings), samples, *every.shape[1:])
+        grid = captioned_grid([[per_row[i]] for i in range(len(embeddings))], list(labels))
+    else:
+        grid = make_grid(every, ncol=samples if samples > 1 else min(8, len(requests)))
     save_png(grid, out_dir / "grid.png")
     return len(requests)
 
@@ -122,6 +130,7 @@ def generate(
         seed=seed,
         batch_size=batch_size,
         device=device,
+        labels=labels,
     )
     write_json(
         out_dir / "generate.json",

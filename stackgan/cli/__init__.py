@@ -28,7 +28,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "summary": ("stackgan.cli.summary", "parameter counts and FLOPs of both architecture presets"),
     "train": ("stackgan.cli.train", "train one stage (single process, torchrun or srun)"),
-    "generate": ("stackgan.cli.generate", "images and a grid from a generator file and embeddings"),
+    "embed": (
+        "stackgan.cli.embed",
+        "text embeddings of your own sentences (.npy + encoder record)",
+    ),
+    "generate": (
+        "stackgan.cli.generate",
+        "images and a grid from a generator file and embeddings or sentences",
+    ),
     "evaluate": ("stackgan.cli.evaluate", "IS / FID / KID, sample grids and conditional accuracy"),
     "attr-classifier": (
         "stackgan.cli.attr_classifier",

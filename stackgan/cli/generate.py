@@ -2,6 +2,9 @@
 
     stackgan generate --network results/demo/stage2/network-final.pt \\
         --embeddings results/data/twin-<key>/shards/test-index.h5 --limit 8 --out samples/
+    # your own sentences, embedded by a text encoder (twin: the demo's encoder)
+    stackgan generate --network results/demo/stage2/network-final.pt --encoder twin \\
+        --text "a small bird with red wings and a blue belly." --samples 4 --out mine/
 
 Embeddings come from an HDF5 index (``embeddings`` [N, 10, D]; pick captions with
 ``--caption``) or a ``.npy`` file of shape [N, D] or [N, 10, D]. The same arguments
@@ -16,6 +19,7 @@ from pathlib import Path
 import torch
 
 from stackgan.cli.common import run_command
+from stackgan.cli.embed import add_text_arguments, read_captions
 
 #: the message prefix of this command's errors
 NAME = "stackgan generate"
@@ -29,9 +33,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--network", type=Path, required=True, help="network file of Stage-I or Stage-II"
     )
-    p.add_argument(
-        "--embeddings", type=Path, required=True, help="HDF5 index (.h5) or .npy embeddings"
-    )
+    p.add_argument("--embeddings", type=Path, help="HDF5 index (.h5) or .npy embeddings")
+    add_text_arguments(p, required=False)
     p.add_argument("--out", type=Path, required=True, help="output directory for PNGs and grid.png")
     p.add_argument(
         "--caption",
@@ -50,20 +53,38 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+def _inputs(args: argparse.Namespace) -> tuple[torch.Tensor, list[str], str]:
+    """Embeddings, row labels and their source: an embeddings file, or sentences."""
+    from stackgan.generate import load_embeddings
+
+    has_text = bool(args.text) or args.text_file is not None
+    if (args.embeddings is None) == (not has_text):
+        raise ValueError("give either --embeddings or --text/--text-file (not both)")
+    if args.embeddings is not None:
+        emb, labels = load_embeddings(
+            args.embeddings, None if args.caption < 0 else args.caption, args.limit
+        )
+        return emb, labels, str(args.embeddings)
+    from stackgan.text.encoder import load_encoder
+
+    encoder = load_encoder(args.encoder)
+    captions = read_captions(args)[: args.limit]
+    emb = torch.from_numpy(encoder.encode(captions))
+    return emb, captions, f"text encoder {encoder.name} v{encoder.version} ({encoder.sha256})"
+
+
 def _generate(args: argparse.Namespace) -> int:
-    from stackgan.generate import generate, load_embeddings
+    from stackgan.generate import generate
     from stackgan.sampling import Sampler
 
+    emb, labels, source = _inputs(args)
     sampler = Sampler.load(args.network, use_ema=not args.no_ema, device=args.device)
-    emb, labels = load_embeddings(
-        args.embeddings, None if args.caption < 0 else args.caption, args.limit
-    )
     count = generate(
         sampler,
         emb,
         labels,
         args.out,
-        source=str(args.embeddings),
+        source=source,
         samples=args.samples,
         seed=args.seed,
         batch_size=args.batch_size,

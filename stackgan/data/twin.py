@@ -14,8 +14,6 @@ arguments (same seed -> identical bytes).
 
 from __future__ import annotations
 
-import hashlib
-import re
 import sys
 import time
 from collections.abc import Iterable
@@ -28,6 +26,11 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from stackgan.data.pickles import dump_py2_pickle
 from stackgan.fileio import atomic_open, write_json
+from stackgan.text.twin import (  # the twin's caption language
+    COLOUR_NAMES,
+    SIZES,
+    embed_caption,
+)
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (205, 30, 35),
@@ -41,13 +44,9 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "brown": (120, 70, 30),
     "grey": (128, 128, 128),
 }
-COLOUR_NAMES = tuple(COLOURS)
-SIZES = ("small", "medium", "large")
+if tuple(COLOURS) != COLOUR_NAMES:  # the drawing palette names the language's colours
+    raise RuntimeError("stackgan.data.twin.COLOURS and stackgan.text.twin.COLOUR_NAMES differ")
 SIZE_SCALE = {"small": 0.55, "medium": 0.75, "large": 0.95}  # bird size relative to the canvas
-BODY_WORDS = ("body", "belly", "breast", "chest", "bird", "crown")
-WING_WORDS = ("wings", "wing", "wingbars", "secondaries", "coverts", "feathers")
-_FILLER = {"coloured", "colored", "and", "tinted"}
-TEXT_DIM = 1024
 NUM_CAPTIONS = 10
 
 _TEMPLATES = (
@@ -180,58 +179,6 @@ def make_captions(twin_class: TwinClass, rng: np.random.Generator) -> tuple[str,
     picks = rng.choice(len(_TEMPLATES), size=NUM_CAPTIONS, replace=len(_TEMPLATES) < NUM_CAPTIONS)
     c = twin_class
     return tuple(_TEMPLATES[int(i)].format(body=c.body, wing=c.wing, size=c.size) for i in picks)
-
-
-def _tokens(text: str) -> list[str]:
-    return re.findall(r"[a-z]+", text.lower())
-
-
-def parse_caption_attributes(caption: str) -> dict[str, str]:
-    """Recover ``{"body": colour, "wing": colour}`` from a twin caption.
-
-    A colour binds to the first body or wing word that follows it (skipping fillers such
-    as "coloured"); "bird" counts as body. Missing attributes are absent from the dict.
-    """
-    tokens = _tokens(caption)
-    out: dict[str, str] = {}
-    for i, tok in enumerate(tokens):
-        if tok not in COLOURS:
-            continue
-        for nxt in tokens[i + 1 : i + 4]:
-            if nxt in _FILLER or nxt in SIZES:
-                continue
-            part = next(
-                (p for p in ("body", "wing") if any(nxt.startswith(w) for w in _part_words(p))),
-                None,
-            )
-            if part is not None:
-                out.setdefault(part, tok)
-            break
-    return out
-
-
-def _part_words(part: str) -> tuple[str, ...]:
-    return BODY_WORDS if part == "body" else WING_WORDS
-
-
-def _hashed_vector(label: str, dim: int) -> np.ndarray:
-    seed = int.from_bytes(hashlib.sha256(label.encode("utf-8")).digest()[:8], "little")
-    return np.random.default_rng(seed).standard_normal(dim).astype(np.float64) / np.sqrt(dim)
-
-
-def embed_caption(caption: str, dim: int = TEXT_DIM) -> np.ndarray:
-    """Deterministic text embedding: hashed bag of words + hashed (part, colour) bindings."""
-    tokens = _tokens(caption)
-    bag = sum((_hashed_vector(f"word:{t}", dim) for t in tokens), np.zeros(dim))
-    bag /= max(1.0, np.sqrt(len(tokens)))
-    attrs = parse_caption_attributes(caption)
-    binding = sum(
-        (_hashed_vector(f"attr:{p}:{c}", dim) for p, c in sorted(attrs.items())), np.zeros(dim)
-    )
-    size = next((t for t in tokens if t in SIZES), None)
-    if size is not None:
-        binding += 0.5 * _hashed_vector(f"size:{size}", dim)
-    return (0.5 * bag + 2.0 * binding) * np.sqrt(dim) / 8.0
 
 
 # --------------------------------------------------------------------------- drawing
@@ -513,7 +460,7 @@ def _write_split_bundle(
         cap_path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_open(cap_path, "w", encoding="utf-8", newline="\n") as fh:
             fh.write("\n".join(captions) + "\n")
-        emb = np.stack([embed_caption(cap) for cap in captions])
+        emb = np.stack([embed_caption(cap) for cap in captions])  # = the twin text encoder
         emb += rng.normal(0.0, spec.noise, size=emb.shape)
         keys.append(key)
         class_ids.append(c.class_id)

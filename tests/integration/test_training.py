@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import subprocess
 
 import numpy as np
 import pytest
@@ -342,3 +343,32 @@ def test_in_training_evaluation_needs_a_classifier_or_inception(tiny_shards, tmp
         check=False,
     )  # fmt: skip
     assert proc.returncode == 2 and "--eval-real-stats" in proc.stderr
+
+
+def test_generate_from_sentences(stage1_network, tmp_path):
+    """``generate --text``: the sentences go through the text encoder, the grid has one
+    captioned row per sentence, and the same arguments give the same bytes."""
+    from PIL import Image
+
+    sentences = ["a small bird with red wings and a blue belly.", "a grey bird with white wings."]
+    args = ["--network", str(stage1_network[0]), "--encoder", "twin", "--samples", "3"]
+    for s in sentences:
+        args += ["--text", s]
+    outs = []
+    for name in ("a", "b"):
+        run(python_cmd("-m", "stackgan.cli.generate", *args, "--out", str(tmp_path / name)))
+        outs.append({p.name: p.read_bytes() for p in sorted((tmp_path / name).glob("*.png"))})
+    assert outs[0] == outs[1] and len(outs[0]) == 2 * 3 + 1
+    record = json.loads((tmp_path / "a" / "generate.json").read_text())
+    assert record["rows"] == sentences and "text encoder twin v1" in record["embeddings"]
+    grid = Image.open(tmp_path / "a" / "grid.png")
+    tile = Image.open(tmp_path / "a" / "00000_0.png")
+    assert grid.width < 4 * 128 and grid.height > 2 * 128  # 3 tiles a row, text under each row
+    assert tile.size == (64, 64)
+
+    both = subprocess.run(
+        python_cmd("-m", "stackgan.cli.generate", *args, "--embeddings", "x.npy",
+                   "--out", str(tmp_path / "c")),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert both.returncode == 2 and "either --embeddings or --text" in both.stderr

@@ -11,15 +11,8 @@ import numpy as np
 from PIL import Image
 
 from stackgan.data.cub import DataPaths, read_dataset
-from stackgan.data.twin import (
-    COLOUR_NAMES,
-    TwinSpec,
-    embed_caption,
-    make_classes,
-    parse_caption_attributes,
-    split_of,
-    write_twin,
-)
+from stackgan.data.twin import TwinSpec, make_classes, split_of, write_twin
+from stackgan.text.twin import COLOUR_NAMES, embed_caption, parse_caption_attributes
 from tests.helpers import reference_unpickle
 
 

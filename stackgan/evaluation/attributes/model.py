@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stackgan.data.imagesets import to_float_images
-from stackgan.data.twin import COLOUR_NAMES
+from stackgan.text.twin import COLOUR_NAMES
 
 ATTRIBUTES = ("body", "wing")
 CLASSIFIER_FORMAT = "stackgan-attribute-classifier/2"  # /2: reads at 32 px

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from stackgan.data.twin import COLOUR_NAMES, parse_caption_attributes
 from stackgan.evaluation.attributes.model import ATTRIBUTES, AttributeClassifier, centre, predict
+from stackgan.text.twin import COLOUR_NAMES, parse_caption_attributes
 
 
 def attribute_labels(captions: Sequence[str]) -> np.ndarray:
