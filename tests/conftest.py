@@ -75,6 +75,23 @@ def tiny_stage1_network(
 
 
 @pytest.fixture(scope="session")
+def tiny_stage2_network(
+    tiny_shards: Path,
+    tiny_stage1_network: tuple[Path, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    """A tiny Stage-II network file (2 steps on the tiny Stage-I G): both stages in one file."""
+    from tests.helpers import python_cmd, run, run_config, train_args, write_config
+
+    tmp = tmp_path_factory.mktemp("stage2")
+    cfg = write_config(tmp / "s2.yaml", run_config(2, max_steps=2))
+    out = tmp / "net2.pt"
+    extra = ("--stage1-generator", str(tiny_stage1_network[0]))
+    run(python_cmd(*train_args(cfg, tiny_shards / "train-256", tmp / "work", out, *extra)))
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_classifier(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A twin attribute classifier trained briefly on the tiny twin's real images."""
     import numpy as np

@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "stackgan.cli.generate",
         "images and a grid from a generator file and embeddings or sentences",
     ),
+    "serve": ("stackgan.cli.serve", "a local web page: your caption in, Stage-I/II birds out"),
     "evaluate": ("stackgan.cli.evaluate", "IS / FID / KID, sample grids and conditional accuracy"),
     "attr-classifier": (
         "stackgan.cli.attr_classifier",
