@@ -26,11 +26,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from stackgan.data.pickles import dump_py2_pickle
 from stackgan.fileio import atomic_open, write_json
-from stackgan.text.twin import (  # the twin's caption language
-    COLOUR_NAMES,
-    SIZES,
-    embed_caption,
-)
+from stackgan.text.twin import COLOUR_NAMES, SIZES, TwinTextEncoder
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (205, 30, 35),
@@ -452,6 +448,7 @@ def _write_split_bundle(
     Adds each image's attributes to ``attributes`` (in image order).
     """
     rows = [it for it in items if split_of(it[0]) == split]
+    encoder = TwinTextEncoder()
     keys, class_ids, embeddings = [], [], []
     for c, iid, _, key in rows:
         rng = np.random.default_rng([spec.seed, iid, 1])
@@ -460,7 +457,7 @@ def _write_split_bundle(
         cap_path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_open(cap_path, "w", encoding="utf-8", newline="\n") as fh:
             fh.write("\n".join(captions) + "\n")
-        emb = np.stack([embed_caption(cap) for cap in captions])  # = the twin text encoder
+        emb = encoder.encode_float64(list(captions))  # the twin text encoder, in float64
         emb += rng.normal(0.0, spec.noise, size=emb.shape)
         keys.append(key)
         class_ids.append(c.class_id)
