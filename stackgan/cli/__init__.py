@@ -36,6 +36,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "stackgan.cli.generate",
         "images and a grid from a generator file and embeddings or sentences",
     ),
+    "text-encoder": (
+        "stackgan.cli.text_encoder",
+        "convert the char-CNN-RNN .t7 into a safe weights file",
+    ),
     "serve": ("stackgan.cli.serve", "a local web page: your caption in, Stage-I/II birds out"),
     "evaluate": ("stackgan.cli.evaluate", "IS / FID / KID, sample grids and conditional accuracy"),
     "attr-classifier": (

@@ -28,7 +28,7 @@ def add_text_arguments(p: argparse.ArgumentParser, *, required: bool) -> None:
         "--encoder",
         default="twin" if not required else None,
         required=required,
-        help="text encoder: twin (the synthetic twin's encoder)",
+        help="text encoder: twin (the synthetic twin's), or char-cnn-rnn:PATH (a converted file)",
     )
 
 

@@ -4,9 +4,10 @@ sha256 of their weights, which every result made with them records.
     encoder = load_encoder("twin")
     emb = encoder.encode(["a small bird with red wings and a blue belly."])
 
-Encoders: ``twin`` (the synthetic twin's deterministic encoder, :mod:`stackgan.text.twin`).
-The char-CNN-RNN encoder of the real CUB embeddings is not in this version: CUB runs use the
-bundle's precomputed embeddings (docs/text.md).
+Encoders: ``twin`` (the synthetic twin's deterministic encoder, :mod:`stackgan.text.twin`)
+and ``char-cnn-rnn:PATH`` (the Reed et al. encoder of the CUB embeddings,
+:mod:`stackgan.text.char_cnn_rnn`, from a file converted once from its ``.t7`` by
+:mod:`stackgan.text.t7_convert`; docs/text.md).
 """
 
 from __future__ import annotations
@@ -33,17 +34,29 @@ class TextEncoder(Protocol):
 
 
 def load_encoder(spec: str) -> TextEncoder:
-    """The encoder named by ``spec`` (``twin``); a ValueError names the valid ones."""
+    """The encoder named by ``spec``: ``twin`` or ``char-cnn-rnn:PATH`` (a converted file)."""
     if spec == "twin":
         from stackgan.text.twin import TwinTextEncoder
 
         return TwinTextEncoder()
-    if spec.startswith("char-cnn-rnn"):
-        raise ValueError(
-            f"--encoder {spec}: the char-CNN-RNN encoder is not available in this version "
-            "(CUB runs use the bundle's precomputed embeddings); available: twin"
-        )
-    raise ValueError(f"--encoder {spec!r}: unknown text encoder; available: twin")
+    name, _, path = spec.partition(":")
+    if name == "char-cnn-rnn":
+        if not path:
+            raise ValueError(
+                "--encoder char-cnn-rnn:PATH: give the converted weights file "
+                "(stackgan text-encoder convert --t7 FILE --out PATH)"
+            )
+        if path.endswith(".t7"):
+            raise ValueError(
+                f"--encoder {spec}: a .t7 file is never loaded directly; convert it first "
+                "with stackgan text-encoder convert --t7 FILE --out FILE.pt"
+            )
+        from stackgan.text.char_cnn_rnn import CharCnnRnnEncoder
+
+        return CharCnnRnnEncoder.load(path)
+    raise ValueError(
+        f"--encoder {spec!r}: unknown text encoder; available: twin, char-cnn-rnn:PATH"
+    )
 
 
 def encoder_metadata(encoder: TextEncoder) -> dict[str, Any]:

@@ -62,11 +62,15 @@ def test_stored_twin_embeddings_are_the_encoder_plus_seeded_noise(tiny_twin: Pat
     assert checked == 40
 
 
-def test_unknown_and_unavailable_encoders_are_refused() -> None:
-    with pytest.raises(ValueError, match="unknown text encoder; available: twin"):
+def test_unknown_encoders_and_unconverted_weights_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown text encoder; available: twin, char-cnn-rnn"):
         load_encoder("bert")
-    with pytest.raises(ValueError, match="char-CNN-RNN encoder is not available"):
-        load_encoder("char-cnn-rnn:weights.pt")
+    with pytest.raises(ValueError, match="give the converted weights file"):
+        load_encoder("char-cnn-rnn")
+    with pytest.raises(ValueError, match="never loaded directly; convert it first"):
+        load_encoder("char-cnn-rnn:lm_sje_cub.t7")
+    with pytest.raises(ValueError, match="cannot read"):
+        load_encoder(f"char-cnn-rnn:{tmp_path / 'missing.pt'}")
 
 
 def test_captions_are_checked(tmp_path: Path) -> None:
