@@ -285,6 +285,16 @@ def resolve(user: dict[str, Any]) -> Settings:
         )
     if config["data"]["source"] == "cub":
         problems += _check_cub_paths(config)
+    encoder = config["data"].get("text_encoder") or ""
+    if encoder.startswith("char-cnn-rnn:"):
+        weights = Path(encoder.partition(":")[2]).expanduser()
+        if not weights.is_file():
+            problems.append(f"data.text_encoder: {weights} does not exist (a converted file)")
+        elif weights.suffix == ".t7":
+            problems.append(
+                f"data.text_encoder: {weights} is a .t7; convert it first "
+                "(stackgan text-encoder convert --t7 FILE --out FILE.pt)"
+            )
     if config["eval"].get("conditional_accuracy") and config["data"]["source"] != "twin":
         problems.append(
             "eval.conditional_accuracy: only defined for the synthetic twin (data.source: twin)"
@@ -332,6 +342,10 @@ def data_identity(config: dict[str, Any]) -> dict[str, Any]:
     """
     d = config["data"]
     ident: dict[str, Any] = {"source": d["source"], "shards": dict(d["shards"])}
+    encoder = d.get("text_encoder")
+    if encoder:  # absent by default, so that the default keeps the keys it had
+        name, _, path = encoder.partition(":")
+        ident["text_encoder"] = f"{name}:{Path(path).expanduser().resolve()}" if path else name
     if d["source"] == "twin":
         ident["twin"] = dict(d["twin"])
         ident["attribute_classifier"] = {"epochs": config["eval"]["classifier_epochs"]}

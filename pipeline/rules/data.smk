@@ -75,6 +75,11 @@ rule build_shards:
         paths=raw_data_args(),
         out=lambda w, output: os.path.dirname(output.index),
         opts=" ".join(f"--{k.replace('_', '-')} {v}" for k, v in sorted(config["data"]["shards"].items())),
+        encoder=(
+            f"--text-encoder {shlex.quote(config['data']['text_encoder'])} "
+            if config["data"].get("text_encoder")
+            else ""
+        ),
     log:
         f"{DATA}/logs/build_shards_{{split}}.log",
     threads: config["resources"]["preprocess"]["cpus"]
@@ -85,4 +90,4 @@ rule build_shards:
         CONDA_PRE
     shell:
         "python -m stackgan build-shards {params.paths} --out {params.out} --splits {wildcards.split} "
-        "{params.opts} --workers {threads} 2>&1 | tee {log}"
+        "{params.opts} {params.encoder}--workers {threads} 2>&1 | tee {log}"

@@ -42,6 +42,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--max-per-shard", type=int, default=ShardOptions.max_per_shard)
     p.add_argument("--shuffle-seed", type=int, default=ShardOptions.shuffle_seed)
     p.add_argument("--on-bad-image", choices=("error", "skip"), default=ShardOptions.on_bad_image)
+    p.add_argument(
+        "--text-encoder",
+        metavar="SPEC",
+        help="embed the text_c10 captions with this encoder (twin | char-cnn-rnn:PATH) instead "
+        "of using the bundle's char-CNN-RNN-embeddings.pickle (the default)",
+    )
     add_worker_arguments(p, "image processes")
     return p
 
@@ -58,6 +64,7 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Shard
             shuffle_seed=args.shuffle_seed,
             on_bad_image=args.on_bad_image,
             workers=args.workers,
+            text_encoder=args.text_encoder,
         )
     except ValueError as err:
         parser.error(str(err))

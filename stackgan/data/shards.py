@@ -70,6 +70,7 @@ class ShardOptions:
     shuffle_seed: int = 0  # sample order inside the shards (mixes classes)
     on_bad_image: OnBadImage = "error"
     workers: int = 2
+    text_encoder: str | None = None  # None: the bundle's embeddings; else a load_encoder spec
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_MODES:
@@ -88,6 +89,8 @@ class ShardOptions:
     def manifest_params(self) -> dict[str, object]:
         params = asdict(self)
         params.pop("workers")  # does not change the output
+        if params["text_encoder"] is None:  # the default leaves manifests as they were
+            params.pop("text_encoder")
         params.update(
             crop=(
                 "R = int(0.75*max(w,h)) around (int((2x+w)/2), int((2y+h)/2)), clipped; "
@@ -580,6 +583,10 @@ def build_shards(
     for d in data.values():
         for w in d.warnings:
             log.warning("%s", w)
+    if opts.text_encoder is not None:
+        from stackgan.data.reembed import reembed_splits
+
+        data = reembed_splits(data, opts.text_encoder)
     # One pool for all splits, fed in split order: while a split's index and manifests
     # are written, the workers already process the next split's images.
     jobs = [job for s in splits for job in _plan_split(data[s], opts)[1]]

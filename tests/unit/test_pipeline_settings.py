@@ -242,3 +242,21 @@ def test_launcher_reports_a_command_killed_by_a_signal(tmp_path):
         cwd=tmp_path, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 128 + signal.SIGKILL, proc.stdout + proc.stderr
+
+
+def test_data_text_encoder_keys_its_own_data_and_checks_its_file(tmp_path):
+    from pipeline.settings import PipelineConfigError, data_key
+
+    plain = resolve({"preset": "smoke"})
+    twin = resolve({"preset": "smoke", "data": {"text_encoder": "twin"}})
+    assert data_key(plain.config) != data_key(twin.config)
+    assert "text_encoder" not in plain.config["data"] or not plain.config["data"]["text_encoder"]
+    missing = f"char-cnn-rnn:{tmp_path}/missing.pt"
+    with pytest.raises(PipelineConfigError, match=r"data.text_encoder: .*missing.pt does not"):
+        resolve({"preset": "smoke", "data": {"text_encoder": missing}})
+    t7 = tmp_path / "enc.t7"
+    t7.write_bytes(b"")
+    with pytest.raises(PipelineConfigError, match=r"is a \.t7; convert it first"):
+        resolve({"preset": "smoke", "data": {"text_encoder": f"char-cnn-rnn:{t7}"}})
+    with pytest.raises(PipelineConfigError, match="text_encoder"):
+        resolve({"preset": "smoke", "data": {"text_encoder": "bert"}})

@@ -129,3 +129,31 @@ def test_twin_bundle_embeddings_are_unchanged_by_the_encoder_interface(tiny_twin
     for split, digest in recorded.items():
         data = (tiny_twin / split / "char-CNN-RNN-embeddings.pickle").read_bytes()
         assert hashlib.sha256(data).hexdigest() == digest, split
+
+
+def test_shards_can_take_their_embeddings_from_a_text_encoder(
+    tiny_twin: Path, tiny_shards: Path, tmp_path: Path
+) -> None:
+    """build_shards(text_encoder="twin"): the index and the shards hold the encoder's rows of
+    each image's captions (not the bundle's noisy ones); the manifest records it. Without
+    the option the manifests do not mention it (the default keeps its bytes)."""
+    import h5py
+
+    from stackgan.data.cub import DataPaths
+    from stackgan.data.shards import ShardOptions, build_shards
+
+    opts = ShardOptions(workers=1, min_shards=4, text_encoder="twin")
+    build_shards(DataPaths.from_root(tiny_twin), tmp_path, opts, ["test"], progress=False)
+    with h5py.File(tmp_path / "test-index.h5", "r") as h5:
+        emb = h5["embeddings"][:]
+        rows = h5["captions"][:]
+    captions = [[c.decode() if isinstance(c, bytes) else c for c in row] for row in rows]
+    enc = TwinTextEncoder()
+    want = np.stack([enc.encode(row) for row in captions])
+    assert np.array_equal(emb, want)
+    manifest = json.loads((tmp_path / "test-64" / "manifest.json").read_text())
+    assert manifest["preprocessing"]["text_encoder"] == "twin"
+    default = json.loads((tiny_shards / "test-64" / "manifest.json").read_text())
+    assert "text_encoder" not in default["preprocessing"]
+    with h5py.File(tiny_shards / "test-index.h5", "r") as h5:
+        assert not np.array_equal(h5["embeddings"][:], want)  # the bundle's rows carry noise

@@ -418,6 +418,18 @@ def test_bad_configuration_fails_before_any_job(tmp_path: Path, case: str) -> No
     assert not (work / "results").exists(), sorted(p.name for p in (work / "results").rglob("*"))
 
 
+def test_data_text_encoder_reaches_build_shards(tmp_path: Path) -> None:
+    """data.text_encoder: build-shards embeds the captions with that encoder, into a data
+    directory of its own."""
+    config = ["preset=smoke", "data={text_encoder: twin}"]
+    proc = snakemake(tmp_path, "-n", "--profile", str(LOCAL_PROFILE), "--config", *config)
+    assert proc.returncode == 0, tail(proc)
+    job = the_job(dry_run_jobs(proc.output), "build_shards", split="train")
+    assert "--text-encoder twin " in job["shell"], job["shell"]
+    other = preset_data_dir("smoke", data={"text_encoder": "twin"})
+    assert other != SMOKE_DATA and f"--out {other}/shards" in job["shell"]
+
+
 def test_nested_config_values_from_the_command_line_get_their_types(tmp_path: Path) -> None:
     """Snakemake parses nested --config values as strings ('60'); the pipeline must accept them."""
     config = ["preset=smoke", "stage1={epochs: 7, lr_g: 1e-4}"]
