@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stackgan.data.cub import DataValidationError, EmbeddingStore, SplitData
+from stackgan.data.cub import EMBEDDINGS_FILE, DataValidationError, EmbeddingStore, SplitData
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,15 @@ def reembed(data: SplitData, encoder: object) -> SplitData:
     for s, row in zip(data.samples, emb, strict=True):
         rows[s.index] = row
     name = f"<{encoder.name} text encoder {encoder.sha256[:12]}>"  # type: ignore[attr-defined]
-    return dataclasses.replace(data, embeddings=EmbeddingStore(rows, Path(name)))
+    # The manifests' input checksums: the pickle is not an input any more; the encoder's
+    # weights file is (when it has one).
+    inputs = {k: v for k, v in data.input_files.items() if v.name != EMBEDDINGS_FILE}
+    weights = getattr(encoder, "path", None)
+    if weights is not None:
+        inputs[f"text encoder {encoder.name} v{encoder.version}"] = Path(weights)  # type: ignore[attr-defined]
+    return dataclasses.replace(
+        data, embeddings=EmbeddingStore(rows, Path(name)), input_files=inputs
+    )
 
 
 def reembed_splits(data: dict[str, SplitData], spec: str) -> dict[str, SplitData]:

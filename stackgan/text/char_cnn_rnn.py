@@ -207,6 +207,7 @@ class CharCnnRnnEncoder:
         self.sha256 = sha256
         self.dim = int(model.arch["emb_dim"])
         self.batch_size = batch_size
+        self.path: Path | None = None  # the converted weights file, once loaded from one
 
     @classmethod
     def load(cls, path: str | Path) -> CharCnnRnnEncoder:
@@ -228,7 +229,9 @@ class CharCnnRnnEncoder:
         except (ValueError, TypeError) as err:
             raise ValueError(f"{where}: {err}") from err
         model.load_state_dict(_check_state_dict(payload.get("state_dict"), model, where))
-        return cls(model, hashlib.sha256(raw).hexdigest())
+        encoder = cls(model, hashlib.sha256(raw).hexdigest())
+        encoder.path = Path(path)
+        return encoder
 
     def encode(self, captions: list[str]) -> np.ndarray:
         """float32 ``[len(captions), dim]``, one row per caption."""

@@ -309,3 +309,31 @@ def test_convert_and_embed_commands(tmp_path: Path, capsys: pytest.CaptureFixtur
     err = capsys.readouterr().err
     assert "cub.t7: truncated or corrupt Torch7 file" in err and "Traceback" not in err
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_shards_embedded_by_the_converted_encoder_record_its_file(
+    tiny_twin: Path, tmp_path: Path
+) -> None:
+    """build-shards --text-encoder char-cnn-rnn:FILE: the index rows are the encoder's, and the
+    manifest's inputs name the weights file with its sha256 instead of the pickle."""
+    import h5py
+
+    from stackgan.data.cub import DataPaths
+    from stackgan.data.shards import ShardOptions, build_shards
+    from stackgan.fileio import sha256_file
+
+    enc_doc, weights = t7.hybrid_model(np.random.default_rng(5), conv_dims=(16, 24, 12), emb_dim=20)
+    _, converted = _convert(tmp_path, enc_doc)
+    spec = f"char-cnn-rnn:{converted}"
+    opts = ShardOptions(workers=1, min_shards=4, text_encoder=spec)
+    out = tmp_path / "shards"
+    build_shards(DataPaths.from_root(tiny_twin), out, opts, ["test"], progress=False)
+    with h5py.File(out / "test-index.h5", "r") as h5:
+        first = h5["embeddings"][0]
+        caption = h5["captions"][0][0]
+    caption = caption.decode() if isinstance(caption, bytes) else caption
+    assert first.shape == (10, 20)
+    np.testing.assert_allclose(first[0], np_hybrid(caption, weights), atol=1e-5)
+    inputs = json.loads((out / "test-64" / "manifest.json").read_text())["inputs"]
+    assert inputs["text encoder char-cnn-rnn v1"] == sha256_file(converted)
+    assert not [k for k in inputs if "char-CNN-RNN-embeddings" in k]

@@ -153,6 +153,7 @@ def test_shards_can_take_their_embeddings_from_a_text_encoder(
     assert np.array_equal(emb, want)
     manifest = json.loads((tmp_path / "test-64" / "manifest.json").read_text())
     assert manifest["preprocessing"]["text_encoder"] == "twin"
+    assert not [k for k in manifest["inputs"] if "char-CNN-RNN-embeddings" in k]  # not read
     default = json.loads((tiny_shards / "test-64" / "manifest.json").read_text())
     assert "text_encoder" not in default["preprocessing"]
     with h5py.File(tiny_shards / "test-index.h5", "r") as h5:
