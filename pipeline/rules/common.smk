@@ -249,3 +249,17 @@ def eval_args(wildcards, input):
 def eval_launch(wildcards):
     r = config["resources"]["evaluate"]
     return f"--nodes 1 --ranks-per-node {max(1, r['gpus'])} --gpus-per-node {r['gpus']} --cpus-per-task {r['cpus_per_task']}"
+
+
+def report_inputs(wildcards):
+    """The stages' metrics, the pipeline config and, on the twin, the classifier's scores."""
+    inputs = {
+        "train": expand(str(rules.train_stage.output.metrics), stage=S.stages),
+        "evals": expand(str(rules.evaluate.output.metrics), stage=S.eval_stages),
+        "parent": rules.mlflow_parent.output[0],
+        "parent_params": rules.mlflow_parent_params.output[0],
+        "cfg": rules.write_pipeline_config.output[0],
+    }
+    if COND_ACC:
+        inputs["classifier"] = rules.train_attribute_classifier.output.report
+    return inputs

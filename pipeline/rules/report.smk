@@ -5,20 +5,6 @@
 # finished. `snakemake --report` adds the grids, curves and the run report to its own page.
 
 
-def report_inputs(wildcards):
-    """The stages' metrics, the pipeline config and, on the twin, the classifier's scores."""
-    inputs = {
-        "train": expand(str(rules.train_stage.output.metrics), stage=S.stages),
-        "evals": expand(str(rules.evaluate.output.metrics), stage=S.eval_stages),
-        "parent": rules.mlflow_parent.output[0],
-        "parent_params": rules.mlflow_parent_params.output[0],
-        "cfg": rules.write_pipeline_config.output[0],
-    }
-    if COND_ACC:
-        inputs["classifier"] = rules.train_attribute_classifier.output.report
-    return inputs
-
-
 rule summarize:
     input:
         unpack(report_inputs),
