@@ -91,7 +91,7 @@ def generate_images(
         "encoder": encoder_metadata(encoder),
         "network": {k: sampler.meta.get(k) for k in ("stage", "sha256", "step")},
         "stage1": _png_base64(out.stage1),
-        "final": _png_base64(out.final),
+        "final": _png_base64(out.final) if sampler.stage == 2 else [],
     }
 
 
@@ -138,8 +138,9 @@ image-rendering:auto;border:1px solid #ccc}.err{color:#a00}.hint{color:#666}
 <p><label>samples <input id="samples" type="number" min="1" max="__MAX_SAMPLES__" value="4">
 </label><label>seed <input id="seed" type="number" min="0" value="0"></label>
 <button id="go" type="submit">Generate</button></p></form>
-<p class="hint">Each row: the Stage-I image (64 px, shown enlarged) and the Stage-II image
-(256 px). The same caption, samples and seed always give the same birds.</p>
+<p class="hint">Each row: the Stage-I image (64 px, shown enlarged) and, for a Stage-II
+network, the Stage-II image (256 px). The same caption, samples and seed always give the
+same birds.</p>
 <p id="status"></p><div id="out"></div>
 <script>
 document.getElementById("f").addEventListener("submit", async (e) => {
@@ -155,9 +156,11 @@ document.getElementById("f").addEventListener("submit", async (e) => {
   if (!r.ok) { status.className = "err"; status.textContent = data.error; return; }
   status.textContent = `"${data.caption}", seed ${data.seed}`;
   out.innerHTML = "";
-  data.final.forEach((png, i) => {
+  data.stage1.forEach((png1, i) => {
     const row = document.createElement("div"); row.className = "row";
-    for (const [src, name] of [[data.stage1[i], "stage1"], [png, "stage2"]]) {
+    const pairs = [[png1, "stage1"]];
+    if (data.final.length) pairs.push([data.final[i], "stage2"]);
+    for (const [src, name] of pairs) {
       const img = document.createElement("img");
       img.src = "data:image/png;base64," + src; img.className = name;
       img.alt = name + " sample " + i; row.appendChild(img);

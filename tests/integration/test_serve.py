@@ -126,3 +126,16 @@ def test_page_in_a_real_browser(server: str, tmp_path: Path) -> None:
     expected = [f"data:image/png;base64,{png}" for pair in zip(data["stage1"], data["final"],
                 strict=True) for png in pair]  # fmt: skip
     assert shown == expected
+
+
+def test_a_stage1_network_returns_stage1_images_only(
+    tiny_stage1_network: tuple[Path, Path],
+) -> None:
+    from stackgan.sampling import Sampler
+    from stackgan.serve import generate_images, parse_request
+    from stackgan.text.twin import TwinTextEncoder
+
+    caption, samples, seed = parse_request(json.dumps({"caption": f" {CAPTION} "}).encode())
+    assert (caption, samples, seed) == (CAPTION, 4, 0)  # stripped; the defaults
+    out = generate_images(Sampler.load(tiny_stage1_network[0]), TwinTextEncoder(), caption, 2, 3)
+    assert len(out["stage1"]) == 2 and out["final"] == [] and out["network"]["stage"] == 1
