@@ -97,7 +97,7 @@ def build_command(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse, print and exec the launch command."""
+    """Parse, print and run the launch command; requeue the SLURM job on exit 75."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--" not in argv:
         argv = [*argv, "--"] if any(a in ("-h", "--help") for a in argv) else argv

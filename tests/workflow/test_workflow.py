@@ -726,7 +726,7 @@ def _report_json(html: str, name: str) -> Any:
     return value
 
 
-def test_report_contains_grids_curves_and_metrics_table(smoke_run: Path) -> None:
+def test_report_contains_grids_curves_and_the_run_report(smoke_run: Path) -> None:
     report = smoke_run / "results/smoke/snakemake-report.html"
     proc = snakemake(
         smoke_run,
