@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from stackgan.data.cub import EMBEDDINGS_FILE, DataValidationError, EmbeddingStore, SplitData
+from stackgan.text.encoder import TextEncoder, load_encoder
 
 log = logging.getLogger(__name__)
 
 
-def reembed(data: SplitData, encoder: object) -> SplitData:
+def reembed(data: SplitData, encoder: TextEncoder) -> SplitData:
     """``data`` with its embeddings replaced by ``encoder``'s of its captions [N, C, D]."""
     missing = [s.key for s in data.samples if not s.captions]
     if missing:
@@ -32,17 +33,17 @@ def reembed(data: SplitData, encoder: object) -> SplitData:
         raise DataValidationError([message + "needs the same number for every image"])
     per = counts.pop()
     flat = [c for s in data.samples for c in (s.captions or ())]
-    emb = encoder.encode(flat).reshape(len(data.samples), per, -1)  # type: ignore[attr-defined]
+    emb = encoder.encode(flat).reshape(len(data.samples), per, -1)
     rows = np.zeros((len(data.embeddings), per, emb.shape[-1]), dtype=np.float32)
     for s, row in zip(data.samples, emb, strict=True):
         rows[s.index] = row
-    name = f"<{encoder.name} text encoder {encoder.sha256[:12]}>"  # type: ignore[attr-defined]
+    name = f"<{encoder.name} text encoder {encoder.sha256[:12]}>"
     # The manifests' input checksums: the pickle is not an input any more; the encoder's
     # weights file is (when it has one).
     inputs = {k: v for k, v in data.input_files.items() if v.name != EMBEDDINGS_FILE}
-    weights = getattr(encoder, "path", None)
+    weights = getattr(encoder, "path", None)  # a converted weights file, if there is one
     if weights is not None:
-        inputs[f"text encoder {encoder.name} v{encoder.version}"] = Path(weights)  # type: ignore[attr-defined]
+        inputs[f"text encoder {encoder.name} v{encoder.version}"] = Path(weights)
     return dataclasses.replace(
         data, embeddings=EmbeddingStore(rows, Path(name)), input_files=inputs
     )
@@ -50,8 +51,6 @@ def reembed(data: SplitData, encoder: object) -> SplitData:
 
 def reembed_splits(data: dict[str, SplitData], spec: str) -> dict[str, SplitData]:
     """Every split re-embedded with the encoder ``spec``."""
-    from stackgan.text.encoder import load_encoder
-
     encoder = load_encoder(spec)
     log.info("embedding the captions with %s v%s (%s)", encoder.name, encoder.version,
              encoder.sha256[:12])  # fmt: skip
