@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from stackgan.config import flatten
 from stackgan.fileio import atomic_open
 from stackgan.tracking.links import run_url, ui_base
 
@@ -72,18 +73,6 @@ class StageResult:
     @property
     def metrics(self) -> dict[str, float]:
         return dict(self.evaluation.get("metrics", {}))
-
-
-def flatten(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
-    out: dict[str, Any] = {}
-    for key, value in cfg.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
 
 
 def attribute_verdict(metrics: dict[str, float]) -> tuple[str, str] | None:

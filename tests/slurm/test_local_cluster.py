@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import wait_until
+from tests.slurm.conftest import unavailable
 
 pytestmark = pytest.mark.slurm
 
@@ -63,7 +64,7 @@ def local_cluster() -> None:
     if cluster_answers():
         return
     if os.geteuid() != 0:
-        pytest.skip("local SLURM cluster is not running and up.sh needs root")
+        unavailable("the cluster is not running and up.sh needs root")
     proc = subprocess.run(
         [str(UP_SH)], capture_output=True, text=True, timeout=UP_TIMEOUT_S, check=False
     )
