@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 
 import torch
@@ -84,7 +85,43 @@ def init(*, prefer_cuda: bool = True, timeout_s: float = 1800.0) -> DistInfo:
             timeout=datetime.timedelta(seconds=timeout_s),
             device_id=device if use_cuda else None,
         )
-    return DistInfo(rank, world, local, device, backend)
+    info = DistInfo(rank, world, local, device, backend)
+    log_placement(info)
+    return info
+
+
+def placement() -> dict[str, object]:
+    """Where this process runs: host name, local rank, and the rendezvous (master) address
+    as this process resolves it."""
+    master = os.environ.get("MASTER_ADDR", "")
+    try:
+        master_ip = socket.gethostbyname(master) if master else ""
+    except OSError:
+        master_ip = "unresolved"
+    return {
+        "host": socket.gethostname(),
+        "local_rank": int(os.environ.get("LOCAL_RANK", 0)),
+        "master": f"{master}:{os.environ.get('MASTER_PORT', '')}",
+        "master_ip": master_ip,
+    }
+
+
+def describe_placement(places: list[dict[str, object]], backend: str) -> str:
+    """One line: the backend, the hosts, the rendezvous address and every rank's host."""
+    hosts = sorted({str(p["host"]) for p in places})
+    masters = sorted({f"{p['master']} ({p['master_ip']})" for p in places})
+    ranks = ", ".join(f"rank {r} on {p['host']}" for r, p in enumerate(places))
+    return (
+        f"process group: {backend}, {len(places)} ranks on {len(hosts)} host(s); "
+        f"rendezvous {' / '.join(masters)}; {ranks}"
+    )
+
+
+def log_placement(info: DistInfo) -> None:
+    """Log (on rank 0) which host every rank runs on and the rendezvous address it used."""
+    places = all_gather_object(placement())
+    if info.is_main:
+        log.info("%s", describe_placement(places, str(info.backend)))  # type: ignore[arg-type]
 
 
 def shutdown() -> None:

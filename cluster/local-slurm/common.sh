@@ -30,9 +30,12 @@ die() { printf '[local-slurm] ERROR: %s\n' "$*" >&2; exit 1; }
 # Seconds since $1 (an $EPOCHREALTIME value), one decimal.
 since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
 
+# Daemon names: slurmd, slurmctld, slurmdbd, mariadbd, munged, and slurmd@<node> for the slurmd
+# of a compute node in its own network namespace (`up.sh --nodes N`).
 pidfile_of() {
   case $1 in
     slurmd|slurmctld|slurmdbd) echo "$BASE/$1.pid" ;;
+    slurmd@*) echo "$BASE/slurmd-${1#slurmd@}.pid" ;;
     mariadbd) echo "$MYSQL_PID" ;;
     munged) echo "$MUNGE_PID" ;;
     *) return 1 ;;
@@ -48,13 +51,16 @@ live_pid() {
   pid=$(cat -- "$pidfile" 2>/dev/null) || return 1   # may vanish while the daemon exits
   pid=${pid//[!0-9]/}
   [[ -n $pid && -r /proc/$pid/stat ]] || return 1
-  [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$name" ]] || return 1
+  [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "${name%%@*}" ]] || return 1
   stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
   state=${stat##*) }        # the field after "(comm) "
   state=${state%% *}
   [[ $state != Z && $state != X ]] || return 1
   echo "$pid"
 }
+
+# The recorded daemons whose names start with $1 (e.g. `slurmd@`), one per line.
+recorded_like() { [[ -f $STARTED ]] && grep -x -- "$1.*" "$STARTED" || true; }
 
 is_recorded() { [[ -f $STARTED ]] && grep -qx "$1" "$STARTED"; }
 
@@ -105,6 +111,62 @@ take_lock() {
     exec env STACKGAN_SLURM_LOCKED="$BASE" flock --close -w 300 "$BASE.lock" "$0" "$@"
   fi
   unset STACKGAN_SLURM_LOCKED   # not for the daemons started below
+}
+
+# --- Multi-node mode: one network namespace per compute node ------------------------------------
+# `up.sh --nodes N` (N >= 2) runs node1..nodeN, each slurmd in its own network namespace
+# (stackgan-node<i>, address $NET.<10+i> on eth0) and UTS namespace (hostname node<i>), joined by
+# the bridge $BRIDGE ($NET.1, the controller's address). $NODE_HOSTS, which up.sh bind-mounts
+# over /etc/hosts in each slurmd's own mount namespace, names the nodes. Every name below starts
+# with the project's prefix, so net_down removes only what net_up created.
+NET=${STACKGAN_SLURM_NET:-10.77.0}                  # the /24 the nodes live in
+BRIDGE=stackgan-br0
+NS_PREFIX=stackgan-                                 # network namespace = $NS_PREFIX<node>
+VETH_PREFIX=sgveth                                  # host side of node i's veth pair = $VETH_PREFIX<i>
+NODE_HOSTS=$BASE/hosts                              # /etc/hosts as the nodes see it
+[[ $NET =~ ^([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})$ ]] ||
+  { printf '[local-slurm] ERROR: STACKGAN_SLURM_NET must be the first three octets of a /24 (e.g. 10.77.0), got %s\n' "$NET" >&2; exit 1; }
+
+node_addr() { echo "$NET.$((10 + $1))"; }           # node_addr I: the address of node<I>
+
+# net_up N: the bridge, N namespaces with their veth pairs and addresses, $NODE_HOSTS (idempotent).
+net_up() {
+  local n=$1 i ns hosts
+  if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+    ip link add "$BRIDGE" type bridge
+    ip addr add "$NET.1/24" dev "$BRIDGE"
+    log "network: bridge $BRIDGE ($NET.1/24)"
+  fi
+  ip link set "$BRIDGE" up
+  hosts=$(printf '127.0.0.1 localhost\n%s %s\n' "$NET.1" "$(hostname -s)")
+  for ((i = 1; i <= n; i++)); do hosts+=$(printf '\n%s node%d' "$(node_addr "$i")" "$i"); done
+  for ((i = 1; i <= n; i++)); do
+    ns=$NS_PREFIX"node$i"
+    ip netns list | grep -qx "$ns\( .*\)\?" || ip netns add "$ns"
+    if ! ip link show "$VETH_PREFIX$i" >/dev/null 2>&1; then
+      ip link add "$VETH_PREFIX$i" type veth peer name eth0 netns "$ns"
+      ip -n "$ns" addr add "$(node_addr "$i")/24" dev eth0
+      log "network: namespace $ns, node$i at $(node_addr "$i")"
+    fi
+    ip link set "$VETH_PREFIX$i" master "$BRIDGE" up
+    ip -n "$ns" link set lo up
+    ip -n "$ns" link set eth0 up
+  done
+  printf '%s\n' "$hosts" >"$NODE_HOSTS"
+}
+
+# net_down: remove every namespace, veth pair and the bridge that net_up created.
+net_down() {
+  local ns link removed=0
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^${NS_PREFIX}node[0-9]*$" || true); do
+    ip netns del "$ns" && removed=1
+  done
+  for link in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | sed 's/@.*//' | grep "^$VETH_PREFIX[0-9]*$" || true); do
+    ip link del "$link" 2>/dev/null && removed=1
+  done
+  if ip link show "$BRIDGE" >/dev/null 2>&1; then ip link del "$BRIDGE" && removed=1; fi
+  if ((removed)); then log "network: removed the node namespaces and $BRIDGE"; fi
+  return 0
 }
 
 mysql_up() { mariadb-admin ping >/dev/null 2>&1; }

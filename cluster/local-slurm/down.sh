@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Stop the daemons that up.sh started (and only those), by PID from their PID files.
+# Stop the daemons that up.sh started (and only those), by PID from their PID files, and remove
+# the node namespaces and bridge of `up.sh --nodes N`.
 #   down.sh           stop recorded daemons; keep state, configs and the accounting DB
 #   down.sh --purge   also drop the slurm DB/user (only if up.sh created them), delete the base
 #                     directory and the config files up.sh wrote
@@ -14,7 +15,7 @@ purge=0
 case ${1:-} in
   "") ;;
   --purge) purge=1 ;;
-  -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
   *) die "usage: $0 [--purge]" ;;
 esac
 [[ $(id -u) -eq 0 ]] || die "must run as root"
@@ -43,7 +44,7 @@ if [[ ! -d $BASE ]]; then
   log "no base directory $BASE: nothing was started by up.sh"
 else
   [[ -f $STARTED ]] || touch "$STARTED"
-  for name in slurmd slurmctld slurmdbd mariadbd munged; do
+  for name in $(recorded_like slurmd@) slurmd slurmctld slurmdbd mariadbd munged; do
     if ! is_recorded "$name"; then
       live_pid "$name" >/dev/null && log "$name: running but not started by up.sh, left alone"
       continue
@@ -56,6 +57,8 @@ else
     fi
   done
 fi
+
+net_down
 
 if ((purge)); then
   # Drop what we created while MariaDB is still up (slurmdbd is already stopped, so no open

@@ -7,9 +7,9 @@
 # policy-rc.d exits 101) nothing starts by itself, and up.sh starts everything explicitly.
 set -euo pipefail
 
-packages=(munge slurmctld slurmd slurm-client slurmdbd mariadb-server)
+packages=(munge slurmctld slurmd slurm-client slurmdbd mariadb-server iproute2)
 binaries=(munged munge unmunge mungekey slurmctld slurmd slurmdbd sbatch srun squeue scontrol sinfo
-          scancel sacct sacctmgr mariadbd mariadb mariadb-admin)
+          scancel sacct sacctmgr mariadbd mariadb mariadb-admin ip unshare nsenter)
 
 missing=()
 for b in "${binaries[@]}"; do

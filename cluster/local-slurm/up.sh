@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Bring up (or check) the local single-node SLURM cluster: munged, MariaDB, slurmdbd, slurmctld,
-# slurmd. Idempotent: running daemons are reused; with an unchanged rendered config nothing is
-# restarted. See README.md for the layout and the environment variables.
+# Bring up (or check) the local SLURM cluster: munged, MariaDB, slurmdbd, slurmctld and slurmd.
+#   up.sh              one node named after `hostname -s`, everything on loopback (the default)
+#   up.sh --nodes N    N nodes node1..nodeN (N >= 2), each slurmd in its own network namespace
+#                      with its own hostname, address, spool and log (see common.sh)
+# Idempotent: running daemons are reused; with an unchanged rendered config nothing is
+# restarted; switching between shapes restarts slurmctld and the slurmds. See README.md.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -11,7 +14,15 @@ source "$HERE/common.sh"
 CPUS=${STACKGAN_SLURM_CPUS:-16}
 MEM_MB=${STACKGAN_SLURM_MEM_MB:-64000}
 GPUS=${STACKGAN_SLURM_GPUS:-4}
-NODE=$(hostname -s)
+NODES=1
+case ${1:-} in
+  "") ;;
+  --nodes) NODES=${2:-} ;;
+  --nodes=*) NODES=${1#--nodes=} ;;
+  -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+  *) die "usage: $0 [--nodes N]" ;;
+esac
+[[ $NODES =~ ^[0-9]+$ ]] && ((NODES >= 1 && NODES <= 16)) || die "--nodes must be an integer from 1 to 16, got '$NODES'"
 PING_DEADLINE_S=30
 NODE_DEADLINE_S=60
 
@@ -66,7 +77,12 @@ render() {
   local s
   s=$(<"$1")
   s=${s//@BASE@/"$BASE"}
-  s=${s//@NODE@/"$NODE"}
+  s=${s//@CTLD_HOST@/"$CTLD_HOST"}
+  s=${s//@CTLD_ADDR@/"$CTLD_ADDR"}
+  s=${s//@NODE_LINES@/"$NODE_LINES"}
+  s=${s//@NODE_LIST@/"$NODE_LIST"}
+  s=${s//@SLURMD_DIR@/"$SLURMD_DIR"}
+  s=${s//@SLURMD_SUFFIX@/"$SLURMD_SUFFIX"}
   s=${s//@CLUSTER@/"$CLUSTER"}
   s=${s//@CPUS@/"$CPUS"}
   s=${s//@MEM_MB@/"$MEM_MB"}
@@ -78,14 +94,40 @@ render() {
   printf '%s\n' "$s"
 }
 
+# The cluster's shape: node names, their addresses, the slurmd daemon names (see common.sh).
+if ((NODES == 1)); then
+  node_names=("$(hostname -s)")
+  node_addrs=(127.0.0.1)
+  slurmds=(slurmd)
+  CTLD_ADDR=127.0.0.1
+  NODE_LIST=${node_names[0]}
+  SLURMD_DIR="" SLURMD_SUFFIX=""
+else
+  node_names=() node_addrs=() slurmds=()
+  for ((i = 1; i <= NODES; i++)); do
+    node_names+=("node$i")
+    node_addrs+=("$(node_addr "$i")")
+    slurmds+=("slurmd@node$i")
+  done
+  CTLD_ADDR=$NET.1
+  NODE_LIST="node[1-$NODES]"
+  SLURMD_DIR=/%n SLURMD_SUFFIX=-%n
+fi
+CTLD_HOST=$(hostname -s)
+
 if ((GPUS > 0)); then
   NODE_GRES=" Gres=gpu:$GPUS"
   if ((GPUS == 1)); then gpu_files="$BASE/fakegpu/nvidia0"; else gpu_files="$BASE/fakegpu/nvidia[0-$((GPUS - 1))]"; fi
-  GRES_LINES="NodeName=$NODE Name=gpu File=$gpu_files"
+  GRES_LINES="NodeName=$NODE_LIST Name=gpu File=$gpu_files"
 else
   NODE_GRES=""
-  GRES_LINES="# no GPUs on this node (STACKGAN_SLURM_GPUS=0)"
+  GRES_LINES="# no GPUs on the nodes (STACKGAN_SLURM_GPUS=0)"
 fi
+NODE_LINES=""
+for i in "${!node_names[@]}"; do
+  ((i == 0)) || NODE_LINES+=$'\n'
+  NODE_LINES+="NodeName=${node_names[i]} NodeAddr=${node_addrs[i]} CPUs=$CPUS Boards=1 SocketsPerBoard=1 CoresPerSocket=$CPUS ThreadsPerCore=1 RealMemory=$MEM_MB$NODE_GRES State=UNKNOWN"
+done
 
 # install_conf NAME MODE CONTENT: write $CONF_DIR/NAME if its content differs; returns 0 if it
 # changed. Refuses to overwrite a file that up.sh did not generate (unless STACKGAN_SLURM_FORCE=1).
@@ -237,11 +279,37 @@ if [[ ! -f $BASE/sacctmgr.done ]]; then
 fi
 
 # --- slurmctld + slurmd ------------------------------------------------------------------------
-# `scontrol reconfigure` does not apply node or GRES changes: restart both daemons instead.
-if ((slurm_conf_changed)) && { live_pid slurmd >/dev/null || live_pid slurmctld >/dev/null; }; then
-  log "slurm.conf/gres.conf changed: restarting slurmd and slurmctld"
-  stop_daemon slurmd
-  stop_daemon slurmctld
+# Every slurmd this tooling knows of: the host's (one-node shape) and those of the node
+# namespaces (recorded as slurmd@<node>), whether or not the current shape wants them.
+all_slurmds() { { echo slurmd; printf '%s\n' "${slurmds[@]}"; recorded_like slurmd@; } | sort -u; }
+wanted() { printf '%s\n' "${slurmds[@]}" | grep -qx -- "$1"; }
+
+# `scontrol reconfigure` does not apply node or GRES changes: restart the daemons instead.
+if ((slurm_conf_changed)); then
+  restarted=0
+  for d in $(all_slurmds) slurmctld; do
+    if live_pid "$d" >/dev/null; then
+      ((restarted)) || log "slurm.conf/gres.conf changed: restarting the slurmds and slurmctld"
+      restarted=1
+      stop_daemon "$d"
+    fi
+  done
+fi
+# slurmds of another shape (e.g. node namespaces after `up.sh` without --nodes).
+for d in $(all_slurmds); do
+  wanted "$d" && continue
+  if is_recorded "$d"; then
+    if live_pid "$d" >/dev/null; then stop_daemon "$d"; fi
+    unrecord "$d"
+  fi
+done
+
+if ((NODES > 1)); then
+  t0=$EPOCHREALTIME
+  net_up "$NODES"
+  log "network: $NODES node namespaces on $BRIDGE ready in $(since "$t0") s"
+else
+  net_down
 fi
 
 if live_pid slurmctld >/dev/null; then
@@ -253,44 +321,70 @@ fi
 wait_for "$PING_DEADLINE_S" "slurmctld: answers scontrol ping" scontrol ping ||
   fail_with_logs "slurmctld did not answer within $PING_DEADLINE_S s" "$BASE/log/slurmctld.log"
 
-# slurmd only after the controller answers (else it retries registration only every 10 s).
-if live_pid slurmd >/dev/null; then
-  log "slurmd: reused (pid $(live_pid slurmd))"
-else
-  start_slurm_daemon slurmd
-fi
+# start_node_slurmd NODE: the slurmd of NODE inside its network namespace, in new UTS and mount
+# namespaces (hostname NODE; $NODE_HOSTS over /etc/hosts), which its job steps inherit. Not
+# `ip netns exec`: that remounts /sys, hiding the cgroup tree that slurmd insists on.
+start_node_slurmd() {
+  local node=$1
+  install -d -m 0755 "$BASE/spool/$node"
+  # shellcheck disable=SC2016  # $1 and $2 are expanded by the inner shell
+  nsenter --net="/run/netns/$NS_PREFIX$node" unshare --mount --uts --propagation private -- \
+    /bin/sh -c 'mount --bind "$2" /etc/hosts && hostname "$1" && exec /usr/sbin/slurmd -N "$1"' \
+    sh "$node" "$NODE_HOSTS" </dev/null >>"$BASE/log/slurmd-$node.stdout" 2>&1 ||
+    fail_with_logs "slurmd of $node failed to start" "$BASE/log/slurmd-$node.log" "$BASE/log/slurmd-$node.stdout"
+  record "slurmd@$node"
+  log "slurmd@$node: started in namespace $NS_PREFIX$node"
+  started_any=1
+}
 
-node_state() { scontrol show node "$NODE" -o 2>/dev/null | grep -o 'State=[^ ]*' | cut -d= -f2; }
+# The slurmds only after the controller answers (else they retry registration only every 10 s).
+for d in "${slurmds[@]}"; do
+  if live_pid "$d" >/dev/null; then
+    log "$d: reused (pid $(live_pid "$d"))"
+  elif [[ $d == slurmd ]]; then
+    start_slurm_daemon slurmd
+  else
+    start_node_slurmd "${d#slurmd@}"
+  fi
+done
+
+node_state() { scontrol show node "$1" -o 2>/dev/null | grep -o 'State=[^ ]*' | cut -d= -f2; }
 node_ready() {
   local st
-  st=$(node_state)
+  st=$(node_state "$1")
   [[ $st =~ ^(IDLE|MIXED|ALLOCATED|COMPLETING) && ! $st =~ (DRAIN|NOT_RESPONDING|DOWN|INVAL|FAIL) ]]
 }
-t0=$EPOCHREALTIME
-if ! node_ready; then
-  st0=$(node_state || true)
+for i in "${!node_names[@]}"; do
+  node=${node_names[i]}
+  t0=$EPOCHREALTIME
+  node_ready "$node" && continue
+  st0=$(node_state "$node" || true)
   # A drained node (e.g. a daemon killed mid-job) does not come back by itself.
-  if [[ $(node_state) =~ DRAIN ]]; then
-    log "node $NODE is drained ($(node_state)), resuming it"
-    scontrol update NodeName="$NODE" State=RESUME || true
+  if [[ $st0 =~ DRAIN ]]; then
+    log "node $node is drained ($st0), resuming it"
+    scontrol update NodeName="$node" State=RESUME || true
   fi
-  wait_for "$NODE_DEADLINE_S" "node $NODE: ${st0:-unknown} -> ready" node_ready ||
-    fail_with_logs "node $NODE not ready within $NODE_DEADLINE_S s (state $(node_state))" \
-      "$BASE/log/slurmd.log" "$BASE/log/slurmctld.log"
-fi
+  log_file=$BASE/log/slurmd.log
+  ((NODES == 1)) || log_file=$BASE/log/slurmd-$node.log
+  wait_for "$NODE_DEADLINE_S" "node $node: ${st0:-unknown} -> ready" node_ready "$node" ||
+    fail_with_logs "node $node not ready within $NODE_DEADLINE_S s (state $(node_state "$node"))" \
+      "$log_file" "$BASE/log/slurmctld.log"
+done
 
-# Smoke test, only when something was (re)started.
+# Smoke test, only when something was (re)started: one task per node, each reporting its hostname.
 if ((started_any)); then
   t0=$EPOCHREALTIME
-  if ! out=$(timeout 60 srun -N1 -n1 -t 1 --mem=64 --immediate=30 true 2>&1); then
+  if ! out=$(timeout 60 srun -N"$NODES" -n"$NODES" --ntasks-per-node=1 -t 1 --mem=64 --immediate=30 hostname -s 2>&1); then
     printf '%s\n' "$out" >&2
-    fail_with_logs "smoke test 'srun true' failed" "$BASE/log/slurmd.log" "$BASE/log/slurmctld.log"
+    fail_with_logs "smoke test 'srun hostname' failed" "$BASE"/log/slurmd*.log "$BASE/log/slurmctld.log"
   fi
-  log "smoke test srun true: ok in $(since "$t0") s"
+  [[ $(sort <<<"$out" | paste -sd' ') == "$(printf '%s\n' "${node_names[@]}" | sort | paste -sd' ')" ]] ||
+    fail_with_logs "smoke test: srun ran on '$out', expected ${node_names[*]}" "$BASE/log/slurmctld.log"
+  log "smoke test srun hostname on $NODES node(s): ok in $(since "$t0") s"
 fi
 
 # --- Summary (read back from slurmctld, not from our variables) --------------------------------
-node_line=$(scontrol show node "$NODE" -o)
+node_line=$(scontrol show node "${node_names[0]}" -o)
 n_cpus=$(grep -o 'CPUTot=[0-9]*' <<<"$node_line" | cut -d= -f2)
 n_mem=$(grep -o 'RealMemory=[0-9]*' <<<"$node_line" | cut -d= -f2)
 n_gpus=$(grep -o 'Gres=gpu:[0-9]*' <<<"$node_line" | cut -d: -f2 || true)   # none when GPUS=0
@@ -298,4 +392,9 @@ parts=$(sinfo -h -o %R | paste -sd, -)
 acct=off
 sacctmgr -n list cluster >/dev/null 2>&1 && acct=on
 log "ready in $(since "$T_START") s"
-echo "local SLURM cluster up: node $NODE (${n_cpus} CPUs, ${n_mem} MB, ${n_gpus:-0} GPUs), partitions $parts, accounting $acct"
+if ((NODES == 1)); then
+  echo "local SLURM cluster up: node ${node_names[0]} (${n_cpus} CPUs, ${n_mem} MB, ${n_gpus:-0} GPUs), partitions $parts, accounting $acct"
+else
+  where=$(for i in "${!node_names[@]}"; do printf '%s %s, ' "${node_names[i]}" "${node_addrs[i]}"; done)
+  echo "local SLURM cluster up: $NODES nodes (${where%, }; each ${n_cpus} CPUs, ${n_mem} MB, ${n_gpus:-0} GPUs), partitions $parts, accounting $acct"
+fi

@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from stackgan.runtime import tune_allocator
     from stackgan.training.control import NonFiniteLossError
     from stackgan.training.run import StartError, check_inputs, load_run_config, run_training
+    from stackgan.training.state import ResumeMismatchError
 
     rank, _, _ = dist_utils.env_ranks()
     setup_logging(rank, with_time=True)
@@ -158,6 +159,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     except StartError as err:
         print(f"stackgan train: cannot start: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except ResumeMismatchError as err:
+        print(f"stackgan train: cannot resume: {err}", file=sys.stderr)
+        return EXIT_FAILED
     except NonFiniteLossError:  # logged by run_training
         return EXIT_FAILED
     return EXIT_OK

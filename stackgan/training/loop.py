@@ -69,7 +69,7 @@ from stackgan.training.snapshots import (
     sample_grid,
     write_final_network,
 )
-from stackgan.training.state import TrainState
+from stackgan.training.state import TrainState, agree_on_resume
 from stackgan.training.step import StepContext, d_update, g_loss_terms
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ def training_loop(
     n_total = total_steps(cfg, steps_per_epoch)
     trainer = _Trainer.build(cfg, stage, info)
     # Resume: each rank restores its own state (before DDP, which would sync buffers).
-    resumed_from = trainer.state.resume(workdir, info, cfg)
+    resumed_from = agree_on_resume(trainer.state.resume(workdir, info, cfg), info)
     step = resumed_from or 0
     # Distribute: DDP wrappers, torch.compile, the step context.
     trainer.distribute()

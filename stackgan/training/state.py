@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from torch import nn
 from stackgan import distributed as dist_utils
 from stackgan.checkpoint import CheckpointError, load, save
 from stackgan.config import ConfigError, RunConfig, to_dict
+from stackgan.errors import StackGANError
 
 log = logging.getLogger(__name__)
 
@@ -275,3 +277,26 @@ class TrainState:
         step = int(state["step"])
         log.info("resumed from %s at step %d", state["_path"], step)
         return step
+
+
+class ResumeMismatchError(StackGANError):
+    """The ranks of one job found different newest states (e.g. shared-filesystem lag)."""
+
+
+def agree_on_resume(step: int | None, info: dist_utils.DistInfo) -> int | None:
+    """Check that every rank resumed from the same step (or all start afresh); log where.
+
+    Ranks that restored different states would train different models from then on, so
+    this fails at once (every rank raises) instead."""
+    steps = dist_utils.all_gather_object((socket.gethostname(), step))
+    found = sorted({s for _, s in steps}, key=lambda s: -1 if s is None else s)
+    if len(found) > 1:
+        where = ", ".join(f"rank {r} on {h}: {s}" for r, (h, s) in enumerate(steps))
+        raise ResumeMismatchError(
+            "ranks resumed from different training states (" + where + "); "
+            "is the working directory on a filesystem all nodes see the same way?"
+        )
+    if step is not None and info.enabled and info.is_main:
+        hosts = ", ".join(sorted({h for h, _ in steps}))
+        log.info("all %d ranks resumed at step %d (hosts %s)", info.world_size, step, hosts)
+    return step

@@ -7,11 +7,14 @@ consistency: train a few steps through the real loop, then dump every rank's G/D
              parameters and buffers to <out_dir>/rank<r>.pt.
 gradient:    one D step on each rank's own batch; dump the gradient DDP applied and the
              per-rank gradient computed without DDP to <out_dir>/grad<r>.pt.
+resume:      agree_on_resume with equal steps, then with rank-dependent steps; write
+             what each call returned or raised to <out_dir>/resume<r>.json.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import sys
 from pathlib import Path
 
@@ -19,6 +22,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from stackgan import distributed as dist_utils
+from stackgan.cli.common import setup_logging
 from stackgan.config import RunConfig, from_dict
 from stackgan.data.imagesets import to_float_images
 from stackgan.data.loader import spec_from_set, train_loader
@@ -26,6 +30,7 @@ from stackgan.losses import d_loss
 from stackgan.networks import d_condition
 from stackgan.stages import build_stage
 from stackgan.training.loop import training_loop
+from stackgan.training.state import ResumeMismatchError, agree_on_resume
 from tests.helpers import run_config
 
 
@@ -87,11 +92,24 @@ def gradient(shards: Path, out: Path, info: dist_utils.DistInfo) -> None:
     )
 
 
+def resume(shards: Path, out: Path, info: dist_utils.DistInfo) -> None:
+    del shards
+    result: dict[str, object] = {"equal": agree_on_resume(40, info)}
+    try:
+        result["unequal"] = agree_on_resume(40 if info.rank == 0 else 20, info)
+    except ResumeMismatchError as err:
+        result["unequal_error"] = str(err)
+    (out / f"resume{info.rank}.json").write_text(json.dumps(result))
+
+
 def main() -> None:
     mode, shards, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    setup_logging(dist_utils.env_ranks()[0], with_time=True)
     info = dist_utils.init()
     try:
-        {"consistency": consistency, "gradient": gradient}[mode](shards, out, info)
+        {"consistency": consistency, "gradient": gradient, "resume": resume}[mode](
+            shards, out, info
+        )
     finally:
         dist_utils.shutdown()
 

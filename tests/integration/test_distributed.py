@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -54,6 +55,23 @@ def test_applied_gradient_is_the_mean_of_rank_gradients(tiny_shards, tmp_path):
     assert differs > 0  # the ranks really had different data
 
 
+def test_ranks_that_resume_from_different_steps_stop_and_the_placement_is_logged(
+    tiny_shards, tmp_path
+):
+    proc = run(torchrun_cmd(2, WORKER, "resume", str(tiny_shards / "train-64"), str(tmp_path)))
+    results = [json.loads((tmp_path / f"resume{r}.json").read_text()) for r in (0, 1)]
+    for r, got in enumerate(results):
+        assert got["equal"] == 40, got
+        assert "unequal" not in got, f"rank {r} went on with a different state: {got}"
+        assert "rank 0 on " in got["unequal_error"] and ": 40" in got["unequal_error"], got
+        assert ": 20" in got["unequal_error"], got
+    # rank 0 logs where every rank runs and the rendezvous address; and the agreed resume
+    log = proc.stderr
+    assert re.search(r"process group: gloo, 2 ranks on 1 host\(s\); rendezvous \S+:\d+ ", log), log
+    assert "rank 0 on " in log and "rank 1 on " in log, log
+    assert "all 2 ranks resumed at step 40" in log, log
+
+
 def _kill_after_checkpoint(cmd: list[str], workdir: Path, step: int, timeout: float = 180) -> None:
     proc = subprocess.Popen(
         cmd,
@@ -101,15 +119,18 @@ def _stage1_command(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("nproc", "amp"), [(1, "fp32"), (2, "fp32"), (1, "fp16")])
-def test_sigkill_and_restart_is_bit_identical(tiny_shards, tmp_path, nproc, amp):
-    """fp16 also covers the GradScaler states in the checkpoint."""
+@pytest.mark.parametrize(
+    ("nproc", "amp", "steps"), [(1, "fp32", 120), (2, "fp32", 120), (1, "fp16", 40)]
+)
+def test_sigkill_and_restart_is_bit_identical(tiny_shards, tmp_path, nproc, amp, steps):
+    """fp16 also covers the GradScaler states in the checkpoint (fewer steps: CPU fp16 is
+    slow)."""
     cfg = run_config(
         1,
         amp=amp,
         batch_size=3,
         epochs=100,
-        max_steps=120,
+        max_steps=steps,
         checkpoint_every_steps=5,
         deterministic=True,
         keep_checkpoints=40,
@@ -123,14 +144,14 @@ def test_sigkill_and_restart_is_bit_identical(tiny_shards, tmp_path, nproc, amp)
     _kill_after_checkpoint(cmd("killed"), tmp_path / "killed", step=10)
     assert not (tmp_path / "killed.pt").exists()
     killed_at = max(s for s, _ in list_states(tmp_path / "killed"))
-    assert 10 <= killed_at < 120
+    assert 10 <= killed_at < steps
     proc = run(cmd("killed"))
     assert f"at step {killed_at}" in proc.stderr + proc.stdout
     a, b = load(tmp_path / "straight.pt"), load(tmp_path / "killed.pt")
     assert_state_equal(a["G"], b["G"], "G")
     sa, sb = (
-        load(tmp_path / "straight" / "training-state-00000120.pt"),
-        load(tmp_path / "killed" / "training-state-00000120.pt"),
+        load(tmp_path / "straight" / f"training-state-{steps:08d}.pt"),
+        load(tmp_path / "killed" / f"training-state-{steps:08d}.pt"),
     )
     for key in ("G", "D", "opt_g", "opt_d", "rank_buffers"):
         assert_state_equal(sa[key], sb[key], key)

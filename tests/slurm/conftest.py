@@ -15,9 +15,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.slurm.pipeline_runs import PipelineRun
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "cluster" / "local-slurm"
@@ -86,3 +89,27 @@ def slurm_cluster() -> None:
     # The Snakemake plugin's default status command: sacct needs slurmdbd.
     if not _answers(["sacct", "-X", "-n", "--starttime", "now-1minutes"]):
         unavailable("sacct fails (slurmdbd not reachable); the plugin would never see jobs finish")
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path) -> Iterator[Callable[..., PipelineRun]]:
+    """Start smoke-style pipeline runs, each in its own working directory; at the end, kill
+    what is still running and cancel the SLURM jobs each left behind."""
+    runs: list[PipelineRun] = []
+
+    def start(
+        *args: str,
+        timeout: int,
+        env: dict[str, str] | None = None,
+        prepare: Callable[[Path], None] | None = None,
+    ) -> PipelineRun:
+        workdir = tmp_path / f"run{len(runs)}"
+        workdir.mkdir()
+        if prepare is not None:  # e.g. build the inputs locally first
+            prepare(workdir)
+        runs.append(PipelineRun(workdir, *args, timeout=timeout, env=env))
+        return runs[-1]
+
+    yield start
+    for run in runs:
+        run.stop()
