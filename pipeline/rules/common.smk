@@ -59,24 +59,34 @@ def raw_data_args():
 def train_resources(stage):
     """SLURM-plugin resources of a training rule, from config.
 
-    One node: `gpu` (-> --gpus). Several nodes: an `mpi` rule with one task per node,
-    `gres` per node and `tasks_per_gpu: 0` (the rule calls srun itself; see pipeline/launch.py).
+    One node: `gpu` (-> --gpus), and `mpi: 0`, which the jobstep plugin takes as "run the
+    rule in the batch step" (it tests for the key) while the submit plugin sees no MPI job
+    (it tests the value): no `srun -n1` wrapper, whose srun would turn a SIGTERM to the
+    job's processes (preemption, time limit, scancel, requeue) into a SIGKILL of the ranks
+    before they save. Several nodes: an `mpi` rule with one task per node, `gres` per node
+    and `tasks_per_gpu: 0` (the rule calls srun itself; see pipeline/launch.py), and
+    `--signal=USR1@<stop_before_limit_s>` to the ranks' step (at that time before the limit,
+    and at preemption where the site sets preempt_send_user_signal).
     """
     r = config["resources"][f"train_stage{stage}"]
     res = {"mem_mb": r["mem_mb"], "runtime": r["runtime"], "cpus_per_task": r["cpus_per_task"]}
     res.update({k: r[k] for k in ("slurm_partition", "gpu_model") if r.get(k)})
-    # SIGUSR1 to the job's steps three minutes before the time limit (and at preemption
-    # where the site sets preempt_send_user_signal): every rank saves at its next step and
-    # exits 75, and the launcher requeues the job, which resumes (pipeline/launch.py).
-    res["slurm_extra"] = "'--signal=USR1@180'"
     if r["nodes"] > 1:
         # srun in the rule starts one torchrun per node.
         res.update(nodes=r["nodes"], mpi="srun", tasks=r["nodes"], tasks_per_gpu=0)
+        res["slurm_extra"] = f"'--signal=USR1@{stop_before_limit(r)}'"
         if r["gpus"] > 0:
             res["gres"] = f"gpu:{r['gpus']}"
-    elif r["gpus"] > 0:
-        res["gpu"] = r["gpus"]
+    else:
+        res["mpi"] = 0
+        if r["gpus"] > 0:
+            res["gpu"] = r["gpus"]
     return res
+
+
+def stop_before_limit(r):
+    """Seconds before the time limit at which training saves and requeues (default 180)."""
+    return r.get("stop_before_limit_s", 180)
 
 
 # Every key train_resources() can return: the one training rule declares each as a function
@@ -156,7 +166,8 @@ def launch_args(stage):
     r = config["resources"][f"train_stage{stage}"]
     return (
         f"--nodes {r['nodes']} --ranks-per-node {r['ranks_per_node']} "
-        f"--gpus-per-node {r['gpus']} --cpus-per-task {r['cpus_per_task']}"
+        f"--gpus-per-node {r['gpus']} --cpus-per-task {r['cpus_per_task']} "
+        f"--stop-before-limit {stop_before_limit(r)}"
     )
 
 

@@ -10,9 +10,9 @@ node failure, are tested on two nodes (``test_multinode_slurm.py``).
 * ``test_smoke_pipeline_on_slurm``: every rule except ``all`` is one COMPLETED SLURM job
   (sacct), with the GPUs, CPUs, memory and partition that the pipeline config asks for;
   all outputs exist; the MLflow parent and child runs exist and point at the SLURM jobs.
-* ``test_stop_signal_saves_the_signal_step_and_the_job_requeues_itself``: SIGUSR1 to the
-  running Stage-I job's steps; the rank saves at the signal step, exits 75, the launcher
-  requeues its own job, and the rerun resumes from that step.
+* ``test_time_limit_and_sigterm_to_every_process_save_the_signal_step``: Stage-I stopped
+  by the launcher before its time limit (it requeues itself), then by SIGTERM to every
+  process of the job and a requeue; each rerun resumes from the state saved at the stop.
 """
 
 from __future__ import annotations
@@ -152,53 +152,89 @@ def test_smoke_pipeline_on_slurm(pipeline: Callable[..., PipelineRun]) -> None:
         assert tags.get("stackgan.attempt") == "1", tags
 
 
-STAGE1_EPOCHS = 60  # 360 steps (6 per epoch): ~30 s of Stage-I training, long enough to interrupt
+STAGE1_EPOCHS = 150  # 900 steps (6 per epoch): long enough for two stops on any machine
+STAGE1_OUTPUTS = [
+    f"results/smoke/stage1/{name}"
+    for name in ("network-final.pt", "metrics.json", "loss_curves.png", "samples.png")
+]
 
 
-def test_stop_signal_saves_the_signal_step_and_the_job_requeues_itself(
+def test_time_limit_and_sigterm_to_every_process_save_the_signal_step(
     pipeline: Callable[..., PipelineRun],
 ) -> None:
-    """``scancel --signal=USR1`` of the running Stage-I job: what SLURM sends to the job's
-    steps at ``--signal=USR1@180`` and, with ``preempt_send_user_signal``, at preemption.
-    Periodic checkpoints only every 100 steps, so the signal step's state is told apart from
-    them: the rank saves at the signal step and exits 75, the launcher requeues its own job
-    (same job id, Restarts=1), and the rerun resumes from the signal step."""
+    """Stage-I on one node, without periodic checkpoints (so every resume is from a state
+    saved at a stop signal), through its two stops:
+
+    1. the time limit: the job has 3 minutes and ``stop_before_limit_s: 150``, so the
+       launcher sends SIGUSR1 about 30 s into the job; the rank saves at that step and exits
+       75, and the launcher requeues its own job (same id). Before the rerun starts, the test
+       extends the time limit to 10 minutes (the rerun's launcher reads it again);
+    2. ``scancel --signal=TERM --full`` (SIGTERM to every process of the job: batch shell,
+       Snakemake, launcher, rank, loader workers, as at preemption or the time limit) and at
+       once ``scontrol requeue``: the rank saves at that step, the rerun resumes from it.
+    """
     config = [
         "--config",
         "preset=smoke",
         f"stage1={{epochs: {STAGE1_EPOCHS}}}",
-        "train={checkpoint_every_steps: 100}",
+        "train={checkpoint_every_steps: 0}",
+        "resources={train_stage1: {runtime: 3, stop_before_limit_s: 150}}",
     ]
     run = pipeline(
-        *config, timeout=480, prepare=lambda workdir: build_inputs_locally(workdir, *config)
+        *STAGE1_OUTPUTS,
+        *config,
+        timeout=480,
+        prepare=lambda workdir: build_inputs_locally(workdir, *STAGE1_OUTPUTS, *config),
     )
     log = run.workdir / "results/smoke/logs/train_stage1.log"
+    total = STAGE1_EPOCHS * 6
 
-    def stage1_past_step_130() -> tuple[str, int] | None:
+    def log_has(pattern: str) -> re.Match | None:
         assert run.alive(), f"snakemake ended during Stage-I:\n{run.tail()}"
-        job = (run.submitted().get("train_stage:1") or [None])[0]
-        steps = re.findall(r"step (\d+)/", log.read_text()) if log.is_file() else []
-        return (job, int(steps[-1])) if job and steps and int(steps[-1]) >= 130 else None
+        return re.search(pattern, log.read_text()) if log.is_file() else None
 
-    job, step = wait_until(stage1_past_step_130, 300, "Stage-I past step 130", 0.2)
-    assert step < STAGE1_EPOCHS * 6 - 60, "Stage-I nearly finished before the signal"
-    sh("scancel", "--signal=USR1", job)
+    def saved() -> re.Match | None:
+        return log_has(r"stop signal received: saved state at step (\d+); exiting with code 75")
+
+    # 1. The launcher's stop before the time limit; the job requeues itself.
+    armed_at = r"launch: job (\d+) has (\d+) s left: the training is asked to stop 150 s before"
+    armed = wait_until(lambda: log_has(armed_at), 240, "the launcher to arm its stop timer")
+    job = armed.group(1)
+    assert run.submitted()["train_stage:1"] == [job], run.submitted()
+    assert 150 < int(armed.group(2)) <= 180, armed.group(0)
+    step1 = int(wait_until(saved, 120, "the stop before the time limit", 0.1).group(1))
+    assert 0 < step1 < total - 60, step1
+    wait_until(lambda: log_has(rf"requeued SLURM job {job} to resume"), 30, "the self-requeue")
+    sh("scontrol", "update", f"JobId={job}", "TimeLimit=10")
+
+    # 2. The rerun (10 minutes left) resumes from step1; after 20 more steps, SIGTERM to all
+    # of its processes, then a requeue.
+    wait_until(lambda: log_has(rf"resumed from \S+ at step {step1}\n"), 240, "the rerun", 0.1)
+    rearmed = log_has(r"launch: job \d+ has (\d+) s left")
+    assert rearmed and int(rearmed.group(1)) > 500, log.read_text()[:3000]
+
+    def steps_done() -> int:
+        done = re.findall(rf"step (\d+)/{total}", log.read_text())
+        return int(done[-1]) if done else 0
+
+    wait_until(lambda: steps_done() >= step1 + 20, 60, "20 steps after the resume", 0.1)
+    sh("scancel", "--signal=TERM", "--full", job)
+    sh("scontrol", "requeue", job)
+    step2 = int(wait_until(saved, 30, "the state saved at the SIGTERM", 0.05).group(1))
+    assert step1 + 20 <= step2 < total, (step1, step2)
 
     rc = run.wait()
     assert rc == 0, run.tail()
-    assert_outputs(run.workdir)
-    assert run.submitted()["train_stage:1"] == [job], run.submitted()  # not resubmitted
-    assert re.search(r"\bRestarts=1\b", sh("scontrol", "show", "job", "-o", job))
+    assert all((run.workdir / p).stat().st_size > 0 for p in STAGE1_OUTPUTS)
+    assert run.submitted()["train_stage:1"] == [job], run.submitted()  # never resubmitted
+    assert re.search(r"\bRestarts=2\b", sh("scontrol", "show", "job", "-o", job))
     history = [
         r
         for r in sacct_jobs(run.run_uuid(), run.started, duplicates=True)
         if (r["rule"], r["wildcard"]) == ("train_stage", "1")
     ]
-    assert [r["State"] for r in history] == ["REQUEUED", "COMPLETED"], history
-    # The rerun resumed from the state saved at the signal (the next step boundary after
-    # it), not from the periodic one at step 100 (the signal step's own log line went with
-    # the first attempt's log, which SLURM and Snakemake start afresh on a rerun).
+    assert [r["State"] for r in history] == ["REQUEUED", "REQUEUED", "COMPLETED"], history
+    # The last run resumed from the state saved at the SIGTERM (there are no others).
     metrics = json.loads((run.workdir / "results/smoke/stage1/metrics.json").read_text())
-    resumed = metrics["resumed_from"]
-    assert resumed is not None and step <= resumed < step + 40 and resumed % 100, (step, metrics)
-    assert metrics["steps"] == STAGE1_EPOCHS * 6
+    assert metrics["resumed_from"] == step2 and metrics["steps"] == total, (step2, metrics)
+    assert "resumed from" in log.read_text() and "stop signal received" not in log.read_text()

@@ -13,7 +13,7 @@ import sys
 import pytest
 import yaml
 
-from pipeline.launch import build_command, rendezvous_port
+from pipeline.launch import build_command, parse_time_left, rendezvous_port
 from pipeline.settings import (
     BASE_CONFIG,
     PRESET_DIR,
@@ -260,3 +260,22 @@ def test_data_text_encoder_keys_its_own_data_and_checks_its_file(tmp_path):
         resolve({"preset": "smoke", "data": {"text_encoder": f"char-cnn-rnn:{t7}"}})
     with pytest.raises(PipelineConfigError, match="text_encoder"):
         resolve({"preset": "smoke", "data": {"text_encoder": "bert"}})
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("45", 45),
+        ("9:58", 598),
+        ("1:09:58", 4198),
+        ("2-03:04:05", (2 * 24 + 3) * 3600 + 4 * 60 + 5),
+        ("0:00\n", 0),
+        ("UNLIMITED", None),
+        ("NOT_SET", None),
+        ("INVALID", None),
+        ("", None),
+    ],
+)
+def test_time_left_is_read_from_squeue_format(text, seconds):
+    """squeue -o %L prints [days-]hours:minutes:seconds, minutes:seconds or seconds."""
+    assert parse_time_left(text) == seconds

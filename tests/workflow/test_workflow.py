@@ -245,12 +245,14 @@ def test_paper_dry_run_on_a_fake_cub_tree(tmp_path: Path) -> None:
         assert got["cpus_per_task"] == str(r["cpus_per_task"]), got
         assert got["mem_mb"] == str(r["mem_mb"]), got
         assert got["runtime"] == str(r["runtime"]), got
-        assert not {"mpi", "nodes", "tasks", "gres", "tasks_per_gpu"} & got.keys(), got
-        assert got["slurm_extra"] == "'--signal=USR1@180'", got
+        # mpi: 0 = no srun wrapper (the batch step runs the rule), yet no MPI job
+        assert got["mpi"] == "0", got
+        assert not {"nodes", "tasks", "gres", "tasks_per_gpu", "slurm_extra"} & got.keys(), got
         assert job["shell"].startswith(
             "trap '' TERM USR1; "
             f"python -m pipeline.launch --nodes 1 --ranks-per-node 1 --gpus-per-node 1 "
-            f"--cpus-per-task {r['cpus_per_task']} -- -m stackgan.cli.train "
+            f"--cpus-per-task {r['cpus_per_task']} --stop-before-limit 180 "
+            "-- -m stackgan.cli.train "
         ), job["shell"]
         assert f"--data {cub}/shards/train-{64 if stage == 1 else 256}" in job["shell"]
     assert (
@@ -343,12 +345,12 @@ def test_paper_multi_node_dry_run(tmp_path: Path) -> None:
     assert job["shell"].startswith(
         "trap '' TERM USR1; "
         "python -m pipeline.launch --nodes 2 --ranks-per-node 4 --gpus-per-node 4 "
-        "--cpus-per-task 32 -- -m stackgan.cli.train "
+        "--cpus-per-task 32 --stop-before-limit 180 -- -m stackgan.cli.train "
     ), job["shell"]
     assert "slurm_partition" not in got and "gpu_model" not in got, got
     # Stage-II keeps the preset's single-node setting, on its own partition and GPU type.
     got2 = the_job(jobs, "train_stage", stage="2")["resources"]
-    assert got2["gpu"] == "1" and "mpi" not in got2 and "nodes" not in got2, got2
+    assert got2["gpu"] == "1" and got2["mpi"] == "0" and "nodes" not in got2, got2
     assert got2["slurm_partition"] == "gpu-long" and got2["gpu_model"] == "a100", got2
 
 
