@@ -74,7 +74,9 @@ def train_resources(stage):
     if r["nodes"] > 1:
         # srun in the rule starts one torchrun per node.
         res.update(nodes=r["nodes"], mpi="srun", tasks=r["nodes"], tasks_per_gpu=0)
-        res["slurm_extra"] = f"'--signal=USR1@{stop_before_limit(r)}'"
+        margin = stop_before_limit(r)
+        if 0 < margin <= r["runtime"] * 60 - 60:  # else it would fire at the start
+            res["slurm_extra"] = f"'--signal=USR1@{margin}'"
         if r["gpus"] > 0:
             res["gres"] = f"gpu:{r['gpus']}"
     else:
