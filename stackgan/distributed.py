@@ -91,8 +91,8 @@ def init(*, prefer_cuda: bool = True, timeout_s: float = 1800.0) -> DistInfo:
 
 
 def placement() -> dict[str, object]:
-    """Where this process runs: host name, local rank, and the rendezvous (master) address
-    as this process resolves it."""
+    """Where this process runs: its host name, and the rendezvous (master) address as this
+    process resolves it."""
     master = os.environ.get("MASTER_ADDR", "")
     try:
         master_ip = socket.gethostbyname(master) if master else ""
@@ -100,7 +100,6 @@ def placement() -> dict[str, object]:
         master_ip = "unresolved"
     return {
         "host": socket.gethostname(),
-        "local_rank": int(os.environ.get("LOCAL_RANK", 0)),
         "master": f"{master}:{os.environ.get('MASTER_PORT', '')}",
         "master_ip": master_ip,
     }

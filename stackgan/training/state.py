@@ -289,8 +289,7 @@ def agree_on_resume(step: int | None, info: dist_utils.DistInfo) -> int | None:
     Ranks that restored different states would train different models from then on, so
     this fails at once (every rank raises) instead."""
     steps = dist_utils.all_gather_object((socket.gethostname(), step))
-    found = sorted({s for _, s in steps}, key=lambda s: -1 if s is None else s)
-    if len(found) > 1:
+    if len({s for _, s in steps}) > 1:
         where = ", ".join(f"rank {r} on {h}: {s}" for r, (h, s) in enumerate(steps))
         raise ResumeMismatchError(
             "ranks resumed from different training states (" + where + "); "

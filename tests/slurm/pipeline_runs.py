@@ -28,6 +28,12 @@ TEST_KNOBS = ["--slurm-init-seconds-before-status-checks", "2"]
 CMD_TIMEOUT_S = 30
 
 
+def training_outputs(*stages: int) -> list[str]:
+    """The declared outputs of the smoke run's training rule for ``stages`` (as targets)."""
+    names = ("network-final.pt", "metrics.json", "loss_curves.png", "samples.png")
+    return [f"results/smoke/stage{s}/{name}" for s in stages for name in names]
+
+
 def sh(*args: str, timeout: float = CMD_TIMEOUT_S, check: bool = True) -> str:
     proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
     if check and proc.returncode != 0:

@@ -43,6 +43,7 @@ from tests.slurm.pipeline_runs import (
     checkpoint_steps,
     sacct_jobs,
     sh,
+    training_outputs,
 )
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
@@ -57,12 +58,8 @@ CHECKPOINT_EVERY = 10
 TWO_NODES = "{nodes: 2, ranks_per_node: 1}"
 # Both training stages' outputs (and so the data, the classifier for in-training evaluation
 # and the MLflow parent run); evaluation and the summary are not what is tested here.
-TRAINING_OUTPUTS = [
-    f"results/smoke/stage{s}/{name}"
-    for s in (1, 2)
-    for name in ("network-final.pt", "metrics.json", "loss_curves.png", "samples.png")
-]
-TARGETS = TRAINING_OUTPUTS[4:]
+TRAINING_OUTPUTS = training_outputs(1, 2)
+TARGETS = training_outputs(2)
 
 
 def up(*args: str) -> str:
@@ -82,9 +79,8 @@ def two_node_cluster() -> Iterator[str]:
 
 
 def test_two_nodes_have_their_own_hostname_address_and_spool(two_node_cluster: str) -> None:
-    assert "2 nodes (node1 10.77.0.11, node2 10.77.0.12;" in two_node_cluster.replace(
-        NET, "10.77.0"
-    ), two_node_cluster
+    where = ", ".join(f"{node} {addr}" for node, addr in NODES.items())
+    assert f"local SLURM cluster up: 2 nodes ({where};" in two_node_cluster, two_node_cluster
     # one task per node: its hostname, its eth0 address, and the address node1 resolves to
     probe = (
         "import socket, subprocess; "

@@ -35,6 +35,7 @@ from tests.slurm.pipeline_runs import (
     mlflow_runs,
     sacct_jobs,
     sh,
+    training_outputs,
 )
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
@@ -153,10 +154,7 @@ def test_smoke_pipeline_on_slurm(pipeline: Callable[..., PipelineRun]) -> None:
 
 
 STAGE1_EPOCHS = 200  # 1200 steps (6 per epoch): the first stop comes ~20 s into training
-STAGE1_OUTPUTS = [
-    f"results/smoke/stage1/{name}"
-    for name in ("network-final.pt", "metrics.json", "loss_curves.png", "samples.png")
-]
+STAGE1_OUTPUTS = training_outputs(1)
 
 
 def test_time_limit_and_sigterm_to_every_process_save_the_signal_step(
