@@ -76,6 +76,9 @@ class ModelConfig(_ResolvedEquality):
     # Not in the paper: add a projection term <W text, mean of D's 4x4 features> to the
     # matching-aware logit (Miyato & Koyama 2018), so D must read the text to score a pair.
     d_projection: bool = False
+    # Not in the paper (needs d_projection): the text reaches D's matching-aware logit only
+    # through the projection term; the joint convolution sees the image features alone
+    d_projection_only: bool = False
     # Not in the paper: Stage-II G refines the Stage-I image instead of redrawing it; its
     # decoder output is added (before tanh) to atanh of the bilinearly upsampled Stage-I image
     stage2_skip: bool = False
@@ -96,6 +99,11 @@ class ModelConfig(_ResolvedEquality):
                 f"must be > 0, got {getattr(self, key)}",
             )
         _check(self.r_num >= 0, "model.r_num", f"must be >= 0, got {self.r_num}")
+        _check(
+            self.d_projection or not self.d_projection_only,
+            "model.d_projection_only",
+            "needs model.d_projection: true (the projection term is then D's only text input)",
+        )
         _check(self.gf_dim % 8 == 0, "model.gf_dim", f"must be a multiple of 8, got {self.gf_dim}")
         if self.arch == "pytorch":
             _check(
@@ -146,9 +154,18 @@ class LossConfig:
     # term of MSGAN (Mao et al., CVPR 2019), 1 / (|G(t, z1) - G(t, z2)| / |z1 - z2|), on
     # half the batch drawn twice, so G cannot ignore its noise
     mode_seeking: float = 0.0
+    # Not in the StackGAN paper (0 = off; needs the redrawn G-step fakes): the fraction of
+    # the G step's rows conditioned on the midpoint of two captions' embeddings (GAN-INT,
+    # Reed et al., ICML 2016), so G also learns the text space between training captions
+    text_interpolation: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.kl_weight >= 0, "loss.kl_weight", f"must be >= 0, got {self.kl_weight}")
+        _check(
+            0 <= self.text_interpolation <= 0.5,
+            "loss.text_interpolation",
+            f"must be in [0, 0.5] (a fraction of the G batch), got {self.text_interpolation}",
+        )
         _check(self.contrastive >= 0, "loss.contrastive", f"must be >= 0, got {self.contrastive}")
         _check(
             self.mode_seeking >= 0, "loss.mode_seeking", f"must be >= 0, got {self.mode_seeking}"
@@ -363,6 +380,11 @@ class RunConfig(_ResolvedEquality):
             self.loss.mode_seeking == 0 or self.g_step_fakes == "redraw",
             "loss.mode_seeking",
             "needs train.g_step_fakes: redraw (the G step draws its own fakes twice)",
+        )
+        _check(
+            self.loss.text_interpolation == 0 or self.g_step_fakes == "redraw",
+            "loss.text_interpolation",
+            "needs train.g_step_fakes: redraw (the G step draws fakes for the midpoints)",
         )
 
     @property

@@ -199,3 +199,20 @@ def mismatched_condition(
         coin = torch.rand(idx.shape[0], generator=generator, device=cond.device) < 0.5
         idx = torch.where(coin, nearest, idx)
     return cond[idx]
+
+
+def interpolated_captions(emb: torch.Tensor, fraction: float) -> tuple[torch.Tensor, int]:
+    """GAN-INT (Reed et al., ICML 2016): ``(emb with its last k rows mixed, k)``.
+
+    ``k = round(fraction * B)``; each of the last k rows becomes the midpoint of its own
+    embedding and the next row's (cyclically), ``0.5 * (emb[i] + emb[(i + 1) % B])``. The
+    first ``B - k`` rows are returned unchanged (they carry the mode-seeking pairs and the
+    contrastive term). Batches are shuffled, so the partner is a random caption.
+    """
+    n = emb.shape[0]
+    k = min(round(fraction * n), n)
+    if k == 0:
+        return emb, 0
+    rows = torch.arange(n - k, n, device=emb.device)
+    mixed = 0.5 * (emb[rows] + emb[(rows + 1) % n])
+    return torch.cat([emb[: n - k], mixed.to(emb.dtype)]), k

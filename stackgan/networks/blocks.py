@@ -291,6 +291,9 @@ class CondLogits(nn.Module):
         projection: add ``<W cond, mean of feats over 4x4>`` to the logit (projection
             discriminator, Miyato & Koyama 2018, with mean instead of sum pooling so the
             term starts small; not in StackGAN).
+        projection_only: the text reaches the logit through the projection term alone
+            (needs ``projection``): the joint convolution sees the image features only, so
+            the pair score is a sum of per-attribute terms for an additive text code.
     """
 
     def __init__(
@@ -303,9 +306,14 @@ class CondLogits(nn.Module):
         joint_kernel: int,
         logit_bias: bool,
         projection: bool = False,
+        projection_only: bool = False,
     ) -> None:
         super().__init__()
-        if not project and code_dim != cond_in_dim:
+        if projection_only and not projection:
+            raise ValueError("projection_only needs projection=True")
+        if projection_only:
+            project, code_dim = False, 0
+        elif not project and code_dim != cond_in_dim:
             raise ValueError(
                 f"without a text FC the code is the condition itself: code_dim={code_dim} "
                 f"must equal cond_in_dim={cond_in_dim}"
@@ -315,15 +323,19 @@ class CondLogits(nn.Module):
             if project
             else None
         )
+        self.code_dim = code_dim
         self.joint = ConvBlock(feat_ch + code_dim, feat_ch, joint_kernel, act="leaky_relu")
         self.logit = conv(feat_ch, 1, 4, stride=4, bias=logit_bias)
         self.projection = nn.Linear(cond_in_dim, feat_ch, bias=False) if projection else None
 
     def forward(self, feats: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """[B, C, 4, 4] features and [B, cond_in_dim] condition -> logits [B]."""
-        code = self.text_fc(cond) if self.text_fc is not None else cond  # [B, code_dim]
-        code = tile(code.to(feats.dtype), feats.shape[-1])  # [B, code_dim, 4, 4]
-        h = self.joint(torch.cat([feats, code], dim=1))  # [B, C, 4, 4]
+        if self.code_dim:
+            code = self.text_fc(cond) if self.text_fc is not None else cond  # [B, code_dim]
+            code = tile(code.to(feats.dtype), feats.shape[-1])  # [B, code_dim, 4, 4]
+            h = self.joint(torch.cat([feats, code], dim=1))  # [B, C, 4, 4]
+        else:  # projection_only
+            h = self.joint(feats)
         logits = self.logit(h).flatten()  # [B]
         if self.projection is not None:
             pooled = feats.float().mean(dim=(2, 3))  # [B, C]
@@ -332,7 +344,13 @@ class CondLogits(nn.Module):
 
 
 def arch_cond_head(
-    channels: int, cond_in_dim: int, code_dim: int, arch: str, *, projection: bool
+    channels: int,
+    cond_in_dim: int,
+    code_dim: int,
+    arch: str,
+    *,
+    projection: bool,
+    projection_only: bool = False,
 ) -> CondLogits:
     """The matching-aware head of both stages' D in architecture preset ``arch``: the paper
     projects the condition and joins with a 1x1 conv without logit bias, pytorch uses 3x3
@@ -346,6 +364,7 @@ def arch_cond_head(
         joint_kernel=1 if paper else 3,
         logit_bias=not paper,
         projection=projection,
+        projection_only=projection_only,
     )
 
 

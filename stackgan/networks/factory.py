@@ -57,6 +57,7 @@ def build_discriminator(model_cfg: ModelConfig, stage: int) -> nn.Module:
             code_dim=code,
             arch=model_cfg.arch,
             projection=model_cfg.d_projection,
+            projection_only=model_cfg.d_projection_only,
         )
     if stage == 2:
         return Stage2Discriminator(
@@ -66,6 +67,7 @@ def build_discriminator(model_cfg: ModelConfig, stage: int) -> nn.Module:
             arch=model_cfg.arch,
             uncond_head=model_cfg.resolved_uncond_head,
             projection=model_cfg.d_projection,
+            projection_only=model_cfg.d_projection_only,
         )
     raise ValueError(f"stage must be 1 or 2, got {stage}")
 

@@ -126,6 +126,7 @@ class Stage1Discriminator(nn.Module):
             pytorch: must equal ``cond_in_dim``).
         arch: ``"paper"`` or ``"pytorch"``.
         projection: add a projection term to the matching-aware logit (not in the paper).
+        projection_only: the text enters the logit through the projection term alone.
     """
 
     def __init__(
@@ -136,6 +137,7 @@ class Stage1Discriminator(nn.Module):
         code_dim: int,
         arch: Arch,
         projection: bool = False,
+        projection_only: bool = False,
     ) -> None:
         super().__init__()
         check_arch(arch)
@@ -152,7 +154,14 @@ class Stage1Discriminator(nn.Module):
         if paper:
             layers.append(Bottleneck(ndf * 8, ndf * 2, "leaky_relu"))  # [B, 8d, 4, 4]
         self.encode = nn.Sequential(*layers)
-        self.cond_head = arch_cond_head(ndf * 8, cond_in_dim, code_dim, arch, projection=projection)
+        self.cond_head = arch_cond_head(
+            ndf * 8,
+            cond_in_dim,
+            code_dim,
+            arch,
+            projection=projection,
+            projection_only=projection_only,
+        )
 
     def forward(
         self,

@@ -111,6 +111,7 @@ class Stage2Discriminator(nn.Module):
         uncond_head: build the unconditional head (PT Stage-II); its logit conv has a
             bias only in the pytorch preset.
         projection: add a projection term to the matching-aware logit (not in the paper).
+        projection_only: the text enters the logit through the projection term alone.
     """
 
     def __init__(
@@ -122,6 +123,7 @@ class Stage2Discriminator(nn.Module):
         arch: Arch,
         uncond_head: bool,
         projection: bool = False,
+        projection_only: bool = False,
     ) -> None:
         super().__init__()
         check_arch(arch)
@@ -143,7 +145,14 @@ class Stage2Discriminator(nn.Module):
         if paper:
             layers.append(Bottleneck(ndf * 8, ndf * 2, "leaky_relu"))  # [B, 8d, 4, 4]
         self.encode = nn.Sequential(*layers)
-        self.cond_head = arch_cond_head(ndf * 8, cond_in_dim, code_dim, arch, projection=projection)
+        self.cond_head = arch_cond_head(
+            ndf * 8,
+            cond_in_dim,
+            code_dim,
+            arch,
+            projection=projection,
+            projection_only=projection_only,
+        )
         self.uncond_head = UncondLogits(ndf * 8, bias=not paper) if uncond_head else None
 
     def forward(

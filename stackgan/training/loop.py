@@ -43,7 +43,7 @@ from stackgan import distributed as dist_utils
 from stackgan.augment import diff_augment
 from stackgan.config import RunConfig
 from stackgan.data.imagesets import to_float_images
-from stackgan.losses import mismatched_condition, mode_seeking_loss
+from stackgan.losses import interpolated_captions, mismatched_condition, mode_seeking_loss
 from stackgan.networks import d_condition
 from stackgan.runtime import resolve_amp
 from stackgan.sampling import Sampler
@@ -357,9 +357,13 @@ class _Trainer:
         """Gmain: D frozen, fakes reused or redrawn, the G update, then the EMA."""
         st, cfg = self.state, self.cfg
         st.D.requires_grad_(False)
-        ms_pair = None
+        ms_pair, real_cond, mixed = None, None, 0
         if cfg.g_step_fakes != "reuse":
             n = real.shape[0]
+            if cfg.loss.text_interpolation > 0:  # GAN-INT: the last rows get caption midpoints
+                with self.autocast():
+                    real_cond = d_condition(cfg.model, emb, fakes[1])
+                emb, mixed = interpolated_captions(emb, cfg.loss.text_interpolation)
             z = torch.randn(n, cfg.model.z_dim, device=self.info.device, generator=st.noise)
             if cfg.loss.mode_seeking > 0:  # the first half again with other noise, same pass
                 half = max(1, n // 2)
@@ -377,7 +381,18 @@ class _Trainer:
                     fakes = self.stage.generate_with_input(self.g_run, emb, z)
         fake, mu, logvar, low = fakes
         loss_g, g_parts = g_loss_terms(
-            self.d_run, self.ctx, real, fake, emb, mu, logvar, low, wrong, class_ids
+            self.d_run,
+            self.ctx,
+            real,
+            fake,
+            emb,
+            mu,
+            logvar,
+            low,
+            wrong,
+            class_ids,
+            real_cond=real_cond,
+            mixed_rows=mixed,
         )
         if ms_pair is not None:
             ms = mode_seeking_loss(*ms_pair)

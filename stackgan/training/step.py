@@ -10,7 +10,8 @@ code on meta tensors. Optimiser steps, EMA and logging stay with the caller.
   BatchNorm statistics); otherwise the references' separate passes, back-propagated one
   at a time so that only one D graph is alive.
 * :func:`g_loss_terms`: D frozen by the caller; non-saturating loss + ``kl_weight`` x KL
-  (+ ``stage_consistency`` x the Stage-II L1 tie to the Stage-I image).
+  (+ ``stage_consistency`` x the Stage-II L1 tie to the Stage-I image). With
+  ``loss.text_interpolation`` part of the fakes are drawn for caption midpoints (GAN-INT).
 
 With ``train.d_augment`` D sees every image through the same differentiable
 augmentation (:mod:`stackgan.augment`). With ``loss.contrastive`` both also add that
@@ -163,38 +164,45 @@ def g_loss_terms(
     low: torch.Tensor | None,
     wrong: torch.Tensor | None,
     class_ids: torch.Tensor | None = None,
+    *,
+    real_cond: torch.Tensor | None = None,
+    mixed_rows: int = 0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The G loss (to back-propagate) and its parts, with D's parameters frozen by the caller.
 
     ``low`` is the Stage-I image a Stage-II fake was made from (None for Stage-I);
     ``wrong`` the D step's mismatched conditions (needed only with ``joint``);
-    ``class_ids`` as for :func:`d_update`.
+    ``class_ids`` as for :func:`d_update`. ``emb`` are the fakes' captions; with
+    ``loss.text_interpolation`` its last ``mixed_rows`` rows are caption midpoints, which
+    the contrastive term leaves out, and ``real_cond`` are the real images' own conditions
+    for the joint batch (default: the fakes').
     """
     with ctx.autocast(), ctx.d_no_sync():
         cond_g = d_condition(ctx.model, emb, mu)
+        n = fake.shape[0]
         if ctx.joint:  # the same joint batch as the D step; only the fake rows' logits count
             if wrong is None:
                 raise ValueError("a joint D batch needs the D step's mismatched conditions")
             out = D(
                 ctx.augment(torch.cat([real, fake])),
-                torch.cat([cond_g, cond_g]),
+                torch.cat([cond_g if real_cond is None else real_cond, cond_g]),
                 wrong.detach(),
                 shared_head=True,
             )
-            n = real.shape[0]
             logits = out.logits[n:]
             unc = None if out.uncond_logits is None else out.uncond_logits[n:]
-            fake_rows = slice(n, None)
+            fake_rows = slice(n, 2 * n - mixed_rows)
         else:
             out = D(ctx.augment(fake), cond_g)
             logits, unc = out.logits, out.uncond_logits
-            fake_rows = slice(None)
+            fake_rows = slice(0, n - mixed_rows)
         adv = g_loss(logits, unc, uncond_weight=ctx.loss.uncond_weight)
         kl = kl_loss(mu.float(), logvar.float())
         loss = adv + ctx.loss.kl_weight * kl
         parts = {"loss_g_adv": adv, "kl": kl}
         if ctx.loss.contrastive > 0:
-            contrast = _contrast(out, fake_rows, class_ids)
+            ids = None if class_ids is None else class_ids[: n - mixed_rows]
+            contrast = _contrast(out, fake_rows, ids)
             loss = loss + ctx.loss.contrastive * contrast
             parts["contrastive_g"] = contrast
         if low is not None and ctx.loss.stage_consistency > 0:

@@ -236,11 +236,15 @@ def test_generate_from_npy(stage1_network, tmp_path):
 
 @pytest.mark.parametrize("d_batch", ["joint", "separate"])
 def test_contrastive_and_mode_seeking_terms_train_and_are_logged(tiny_shards, tmp_path, d_batch):
-    """loss.contrastive and loss.mode_seeking: the loop runs them (both D batch layouts), logs
-    their values every step, and they change the trajectory (the G step draws extra fakes)."""
+    """loss.contrastive, loss.mode_seeking and loss.text_interpolation: the loop runs them
+    (both D batch layouts), logs the terms every step, and they change the trajectory (the G
+    step draws extra fakes, some for caption midpoints)."""
     base = run_config(1, {"d_projection": True}, max_steps=4, d_batch=d_batch)
     finals = {}
-    for name, loss in [("plain", {}), ("both", {"contrastive": 1.0, "mode_seeking": 1.0})]:
+    for name, loss in [
+        ("plain", {}),
+        ("both", {"contrastive": 1.0, "mode_seeking": 1.0, "text_interpolation": 0.5}),
+    ]:
         cfg = write_config(tmp_path / f"{name}.yaml", {**base, "loss": loss})
         work = tmp_path / name
         run(python_cmd(*train_args(cfg, tiny_shards / "train-64", work, work / "n.pt")))

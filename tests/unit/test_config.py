@@ -79,3 +79,19 @@ def test_mode_seeking_needs_the_redrawn_g_step_fakes():
         )
     cfg = from_dict(RunConfig, {"stage": 1, "loss": {"mode_seeking": 1.0}})  # paper: redraw
     assert cfg.g_step_fakes == "redraw"
+
+
+def test_text_interpolation_is_a_fraction_of_the_redrawn_g_batch():
+    import pytest
+
+    from stackgan.config import ConfigError
+
+    for bad in (-0.1, 0.6):
+        with pytest.raises(ConfigError, match=r"loss\.text_interpolation.*\[0, 0\.5\]"):
+            from_dict(RunConfig, {"stage": 1, "loss": {"text_interpolation": bad}})
+    with pytest.raises(ConfigError, match=r"loss\.text_interpolation.*redraw"):
+        from_dict(
+            RunConfig,
+            {"stage": 1, "loss": {"text_interpolation": 0.5}, "train": {"g_step_fakes": "reuse"}},
+        )
+    assert from_dict(RunConfig, {"stage": 1}).loss.text_interpolation == 0.0  # paper: off
