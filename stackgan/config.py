@@ -85,6 +85,9 @@ class ModelConfig(_ResolvedEquality):
     # Not in the paper: Stage-I G modulates every up-sampling block's output with the CA
     # condition, h * (1 + gamma(c)) + beta(c) (FiLM), instead of seeing the text only at 4x4
     g_text_film: bool = False
+    # Not in the paper (needs g_text_film): False feeds Stage-I G's input FC with z alone, so
+    # the text reaches G only through the FiLM layers (layout from z, colours from the text)
+    g_text_input: bool = True
 
     def __post_init__(self) -> None:
         _check(
@@ -99,6 +102,11 @@ class ModelConfig(_ResolvedEquality):
                 f"must be > 0, got {getattr(self, key)}",
             )
         _check(self.r_num >= 0, "model.r_num", f"must be >= 0, got {self.r_num}")
+        _check(
+            self.g_text_input or self.g_text_film,
+            "model.g_text_input",
+            "false needs model.g_text_film: true (the text must reach G somewhere)",
+        )
         _check(
             self.d_projection or not self.d_projection_only,
             "model.d_projection_only",

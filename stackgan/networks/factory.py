@@ -33,6 +33,7 @@ def build_generator(model_cfg: ModelConfig, stage: int) -> nn.Module:
             arch=m.arch,
             ca_nonlinearity=m.resolved_ca_nonlinearity,
             text_film=m.g_text_film,
+            text_input=m.g_text_input,
         )
     if stage == 2:
         return Stage2Generator(

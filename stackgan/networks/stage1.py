@@ -40,6 +40,9 @@ class Stage1Generator(nn.Module):
         ca_noise: CA eps distribution (``"normal"`` or TF's ``"truncated"``).
         text_film: modulate the output of every up-sampling block with the condition
             (:class:`TextFiLM`; not in the paper).
+        text_input: the condition enters the input FC with z (the paper); False (needs
+            ``text_film``) feeds the FC with z alone, so the text reaches G only through
+            the FiLM layers (layout from the noise, colours from the text).
     """
 
     def __init__(
@@ -53,18 +56,23 @@ class Stage1Generator(nn.Module):
         ca_nonlinearity: CaNonlinearity,
         ca_noise: CaNoise = "normal",
         text_film: bool = False,
+        text_input: bool = True,
     ) -> None:
         super().__init__()
         check_arch(arch)
+        if not (text_input or text_film):
+            raise ValueError("a Stage-I G without text at its input needs text_film")
         self.arch = arch
+        self.text_input = text_input
         self.ngf = gf_dim * 8
+        fc_in = z_dim + (cond_dim if text_input else 0)
         ngf = self.ngf
         self.ca = CondAugment(
             text_dim, cond_dim, ca_nonlinearity, log_sigma=arch == "paper", noise=ca_noise
         )
         if arch == "paper":
             # FC (bias) + BN, no activation; then bottleneck / up / bottleneck / up / up / up.
-            self.fc = nn.Sequential(nn.Linear(cond_dim + z_dim, ngf * 16), nn.BatchNorm1d(ngf * 16))
+            self.fc = nn.Sequential(nn.Linear(fc_in, ngf * 16), nn.BatchNorm1d(ngf * 16))
             self.body = nn.Sequential(
                 Bottleneck(ngf, gf_dim * 2, "relu"),  # [B, 8g, 4, 4]
                 UpBlock(ngf, gf_dim * 4, act=False),  # [B, 4g, 8, 8]
@@ -77,7 +85,7 @@ class Stage1Generator(nn.Module):
             )
         else:
             self.fc = nn.Sequential(
-                nn.Linear(z_dim + cond_dim, ngf * 16, bias=False),
+                nn.Linear(fc_in, ngf * 16, bias=False),
                 nn.BatchNorm1d(ngf * 16),
                 nn.ReLU(inplace=True),
             )
@@ -104,7 +112,12 @@ class Stage1Generator(nn.Module):
         """[B, text_dim], [B, z_dim] -> (img [B, 3, 64, 64], mu, logvar [B, cond_dim])."""
         c, mu, logvar = self.ca(text_emb)  # [B, cond_dim]
         # Input order as in each reference (TF concat(c, z), PT cat(z, c)).
-        zc = torch.cat([c, z.to(c.dtype)] if self.arch == "paper" else [z.to(c.dtype), c], dim=1)
+        if not self.text_input:
+            zc = z.to(c.dtype)
+        elif self.arch == "paper":
+            zc = torch.cat([c, z.to(c.dtype)], dim=1)
+        else:
+            zc = torch.cat([z.to(c.dtype), c], dim=1)
         h = self.fc(zc).reshape(-1, self.ngf, 4, 4)  # [B, 8g, 4, 4]
         if not self.film:
             return self.body(h), mu, logvar

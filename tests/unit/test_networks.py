@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stackgan.config import ModelConfig
+from stackgan.config import ConfigError, ModelConfig
 from stackgan.networks import (
     CondAugment,
     DOutput,
@@ -263,12 +263,47 @@ def test_text_film_modulates_every_up_block_with_the_condition(arch):
     assert not torch.allclose(with_film, out_zero)
 
 
+OPTION_SETS = {
+    "plain": {},
+    "film": {"g_text_film": True},
+    "film_only_projection_only": {
+        "g_text_film": True,
+        "g_text_input": False,
+        "d_projection": True,
+        "d_projection_only": True,
+    },
+}
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_without_text_input_the_text_reaches_stage1_g_only_through_film(arch):
+    """model.g_text_input: false: the input FC sees z alone; with the FiLM maps zeroed the
+    image no longer depends on the caption, with them it does."""
+    G, _ = build_networks(tiny_cfg(arch, g_text_film=True, g_text_input=False), 1)
+    first = G.fc[0]
+    assert first.in_features == TINY["z_dim"]
+    G.eval()
+    z = torch.randn(3, TINY["z_dim"])
+    embs = [torch.randn(3, TINY["text_dim"]) for _ in range(2)]
+    outs = []
+    for emb in embs:
+        torch.manual_seed(1)  # the same CA noise
+        outs.append(G(emb, z)[0])
+    assert not torch.allclose(outs[0], outs[1])
+    for m in G.film.values():
+        nn.init.zeros_(m.affine.weight), nn.init.zeros_(m.affine.bias)
+    zeroed = [G(emb, z)[0] for emb in embs]
+    torch.testing.assert_close(zeroed[0], zeroed[1])
+    with pytest.raises(ConfigError, match=r"model\.g_text_input.*g_text_film"):
+        tiny_cfg(arch, g_text_input=False)
+
+
 @pytest.mark.parametrize(("arch", "stage"), [(a, s) for a in ARCHES for s in (1, 2)])
-@pytest.mark.parametrize("film", [False, True])
-def test_every_parameter_is_used_in_forward(arch, stage, film):
+@pytest.mark.parametrize("options", sorted(OPTION_SETS))
+def test_every_parameter_is_used_in_forward(arch, stage, options):
     """DDP with find_unused_parameters=False needs a gradient for every parameter."""
     torch.manual_seed(0)
-    cfg = tiny_cfg(arch, g_text_film=film)
+    cfg = tiny_cfg(arch, **OPTION_SETS[options])
     G, D = build_networks(cfg, stage)
     B, size = 2, 64 * (1 if stage == 1 else 4)
     emb = torch.randn(B, cfg.text_dim)
