@@ -166,9 +166,14 @@ class LossConfig:
     # the G step's rows conditioned on the midpoint of two captions' embeddings (GAN-INT,
     # Reed et al., ICML 2016), so G also learns the text space between training captions
     text_interpolation: float = 0.0
+    # Not in the paper (0 = off): gamma of the R1 penalty (Mescheder et al., ICML 2018), D's
+    # squared input gradient on (real image, matching text) pairs x gamma / 2, so D cannot
+    # sharpen around the training images
+    r1_gamma: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.kl_weight >= 0, "loss.kl_weight", f"must be >= 0, got {self.kl_weight}")
+        _check(self.r1_gamma >= 0, "loss.r1_gamma", f"must be >= 0, got {self.r1_gamma}")
         _check(
             0 <= self.text_interpolation <= 0.5,
             "loss.text_interpolation",

@@ -83,6 +83,19 @@ def mode_seeking_loss(
     return 1.0 / (ratio + 1e-5)
 
 
+def r1_penalty(logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al., ICML 2018; not in StackGAN): ``mean_i ||d logits_i / d images_i||^2``.
+
+    ``logits`` [B] are D's outputs on the real pairs; ``images`` [B', ...] (B' >= B, a
+    tensor that requires grad and that the logits were computed from) hold those real
+    images in their first B rows; later rows (the fakes of a joint batch) are left out.
+    The gradient stays in the graph (``create_graph``), so back-propagating the penalty
+    trains D to be flat around the real data. The caller weighs it by ``gamma / 2``.
+    """
+    (grad,) = torch.autograd.grad(logits.float().sum(), images, create_graph=True)
+    return grad[: logits.shape[0]].float().square().flatten(1).sum(1).mean()
+
+
 def d_loss(
     real: torch.Tensor,
     wrong: torch.Tensor,

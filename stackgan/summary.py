@@ -108,6 +108,8 @@ def training_step_flops(
     from stackgan.stages import StackedGenerator
 
     loss_cfg = loss_cfg or LossConfig()
+    if loss_cfg.r1_gamma > 0:  # FlopCounterMode's module hooks cannot follow autograd.grad
+        raise ValueError("loss.r1_gamma: the FLOP count does not cover the R1 double backward")
     ctx = StepContext(model=model_cfg, loss=loss_cfg)  # the references' separate D passes
     size = 64 if stage == 1 else 256
     with torch.device(device):

@@ -16,7 +16,8 @@ code on meta tensors. Optimiser steps, EMA and logging stay with the caller.
 With ``train.d_augment`` D sees every image through the same differentiable
 augmentation (:mod:`stackgan.augment`). With ``loss.contrastive`` both also add that
 weight x the image-to-text InfoNCE on D's projection scores: D on the real images, G on
-its fakes.
+its fakes. With ``loss.r1_gamma`` D also pays ``gamma / 2`` x the R1 penalty on its
+(augmented) real, matching pairs.
 """
 
 from __future__ import annotations
@@ -29,7 +30,14 @@ import torch
 from torch import nn
 
 from stackgan.config import LossConfig, ModelConfig
-from stackgan.losses import contrastive_loss, d_loss, g_loss, kl_loss, stage_consistency_loss
+from stackgan.losses import (
+    contrastive_loss,
+    d_loss,
+    g_loss,
+    kl_loss,
+    r1_penalty,
+    stage_consistency_loss,
+)
 from stackgan.networks import d_condition
 from stackgan.networks.blocks import DOutput
 
@@ -80,12 +88,12 @@ def d_update(
     row, ``wrong`` [B', .] are the mismatched conditions for the first B' real images;
     ``class_ids`` [B] keep same-class captions out of the contrastive term's negatives.
     """
-    uw, cw = ctx.loss.uncond_weight, ctx.loss.contrastive
+    uw, cw, r1 = ctx.loss.uncond_weight, ctx.loss.contrastive, ctx.loss.r1_gamma
     if ctx.joint:
         # One pass over [real; fake], one head call over matching and mismatched pairs: with
         # shared BatchNorm statistics D must match image and text per sample.
         with ctx.autocast():
-            images = ctx.augment(torch.cat([real, fake]))
+            images = _r1_leaf(ctx.augment(torch.cat([real, fake])), r1)
             out = D(images, torch.cat([cond, cond]), wrong, shared_head=True)
             n = real.shape[0]
             unc = out.uncond_logits
@@ -101,13 +109,18 @@ def d_update(
                 contrast = _contrast(out, slice(0, n), class_ids)
                 loss = loss + cw * contrast
                 parts["contrastive_d"] = contrast.detach()
+            if r1 > 0:
+                penalty = r1_penalty(out.logits[:n], images)
+                loss = loss + 0.5 * r1 * penalty
+                parts["r1"] = penalty.detach()
         backward(loss)
         return loss.detach(), parts
     # The D loss is a sum of per-pass terms, so the real pass (real and mismatched pairs)
     # is back-propagated before the fake pass runs: one D graph alive at a time.
     # Placeholders (zeros, no gradient) stand in for the other pass's logits.
     with ctx.d_no_sync(), ctx.autocast():
-        out_real = D(ctx.augment(real), cond, wrong)
+        real_in = _r1_leaf(ctx.augment(real), r1)
+        out_real = D(real_in, cond, wrong)
         part_real, _ = d_loss(
             out_real.logits,
             out_real.wrong_logits,
@@ -118,6 +131,8 @@ def d_update(
         )
         contrast = _contrast(out_real, slice(None), class_ids) if cw > 0 else None
         part_real = part_real if contrast is None else part_real + cw * contrast
+        penalty = r1_penalty(out_real.logits, real_in) if r1 > 0 else None
+        part_real = part_real if penalty is None else part_real + 0.5 * r1 * penalty
     with ctx.d_no_sync():
         backward(part_real)
     with ctx.autocast():
@@ -143,7 +158,15 @@ def d_update(
         if contrast is not None:
             loss = loss + cw * contrast
             parts["contrastive_d"] = contrast.detach()
+        if penalty is not None:
+            loss = loss + 0.5 * r1 * penalty
+            parts["r1"] = penalty.detach()
     return loss.detach(), parts
+
+
+def _r1_leaf(images: torch.Tensor, r1_gamma: float) -> torch.Tensor:
+    """``images`` as a fresh leaf that requires grad when the R1 penalty needs it."""
+    return images.detach().requires_grad_(True) if r1_gamma > 0 else images
 
 
 def _contrast(out: DOutput, rows: slice, class_ids: torch.Tensor | None) -> torch.Tensor:

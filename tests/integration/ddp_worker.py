@@ -7,6 +7,8 @@ consistency: train a few steps through the real loop, then dump every rank's G/D
              parameters and buffers to <out_dir>/rank<r>.pt.
 gradient:    one D step on each rank's own batch; dump the gradient DDP applied and the
              per-rank gradient computed without DDP to <out_dir>/grad<r>.pt.
+gradient_r1: the same through the training step's d_update (joint batch) with the R1
+             penalty, whose double backward must pass through the DDP-wrapped D.
 resume:      agree_on_resume with equal steps, then with rank-dependent steps; write
              what each call returned or raised to <out_dir>/resume<r>.json.
 """
@@ -23,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from stackgan import distributed as dist_utils
 from stackgan.cli.common import setup_logging
-from stackgan.config import RunConfig, from_dict
+from stackgan.config import LossConfig, RunConfig, from_dict
 from stackgan.data.imagesets import to_float_images
 from stackgan.data.loader import spec_from_set, train_loader
 from stackgan.losses import d_loss
@@ -31,6 +33,7 @@ from stackgan.networks import d_condition
 from stackgan.stages import build_stage
 from stackgan.training.loop import training_loop
 from stackgan.training.state import ResumeMismatchError, agree_on_resume
+from stackgan.training.step import StepContext, d_update
 from tests.helpers import run_config
 
 
@@ -57,7 +60,7 @@ def consistency(shards: Path, out: Path, info: dist_utils.DistInfo) -> None:
     torch.save({"G": dump(stage.G), "D": dump(stage.D)}, out / f"rank{info.rank}.pt")
 
 
-def gradient(shards: Path, out: Path, info: dist_utils.DistInfo) -> None:
+def gradient(shards: Path, out: Path, info: dist_utils.DistInfo, r1_gamma: float = 0.0) -> None:
     cfg = from_dict(RunConfig, run_config(1, batch_size=4))
     torch.manual_seed(0)
     stage = build_stage(cfg)
@@ -74,6 +77,11 @@ def gradient(shards: Path, out: Path, info: dist_utils.DistInfo) -> None:
     cond = d_condition(cfg.model, emb, mu)
 
     def d_step(module: torch.nn.Module) -> None:
+        if r1_gamma > 0:
+            ctx = StepContext(model=cfg.model, loss=LossConfig(r1_gamma=r1_gamma), joint=True)
+            _, parts = d_update(module, ctx, real, fake, cond, cond[1:], lambda x: x.backward())
+            assert float(parts["r1"]) > 0
+            return
         out_real = module(real, cond, cond[1:])
         out_fake = module(fake, cond)
         loss, _ = d_loss(out_real.logits, out_real.wrong_logits, out_fake.logits)
@@ -107,9 +115,13 @@ def main() -> None:
     setup_logging(dist_utils.env_ranks()[0], with_time=True)
     info = dist_utils.init()
     try:
-        {"consistency": consistency, "gradient": gradient, "resume": resume}[mode](
-            shards, out, info
-        )
+        modes = {
+            "consistency": consistency,
+            "gradient": gradient,
+            "gradient_r1": lambda *a: gradient(*a, r1_gamma=1.0),
+            "resume": resume,
+        }
+        modes[mode](shards, out, info)
     finally:
         dist_utils.shutdown()
 

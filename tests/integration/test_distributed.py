@@ -42,8 +42,10 @@ def test_two_ranks_end_bit_identical(tiny_shards, tmp_path):
     assert any("running_mean" in k for k in r0["D"])  # buffers were really compared
 
 
-def test_applied_gradient_is_the_mean_of_rank_gradients(tiny_shards, tmp_path):
-    run(torchrun_cmd(2, WORKER, "gradient", str(tiny_shards / "train-64"), str(tmp_path)))
+@pytest.mark.parametrize("mode", ["gradient", "gradient_r1"])
+def test_applied_gradient_is_the_mean_of_rank_gradients(tiny_shards, tmp_path, mode):
+    """Also with loss.r1_gamma, whose double backward runs through the DDP-wrapped D."""
+    run(torchrun_cmd(2, WORKER, mode, str(tiny_shards / "train-64"), str(tmp_path)))
     g0, g1 = load(tmp_path / "grad0.pt"), load(tmp_path / "grad1.pt")
     differs = 0
     for name in g0["ddp"]:

@@ -236,21 +236,24 @@ def test_generate_from_npy(stage1_network, tmp_path):
 
 @pytest.mark.parametrize("d_batch", ["joint", "separate"])
 def test_contrastive_and_mode_seeking_terms_train_and_are_logged(tiny_shards, tmp_path, d_batch):
-    """loss.contrastive, loss.mode_seeking and loss.text_interpolation: the loop runs them
-    (both D batch layouts), logs the terms every step, and they change the trajectory (the G
-    step draws extra fakes, some for caption midpoints)."""
+    """loss.contrastive, loss.mode_seeking, loss.text_interpolation and loss.r1_gamma: the
+    loop runs them (both D batch layouts), logs the terms every step, and they change the
+    trajectory (the G step draws extra fakes, some for caption midpoints)."""
     base = run_config(1, {"d_projection": True}, max_steps=4, d_batch=d_batch)
     finals = {}
     for name, loss in [
         ("plain", {}),
-        ("both", {"contrastive": 1.0, "mode_seeking": 1.0, "text_interpolation": 0.5}),
+        (
+            "both",
+            {"contrastive": 1.0, "mode_seeking": 1.0, "text_interpolation": 0.5, "r1_gamma": 1.0},
+        ),
     ]:
         cfg = write_config(tmp_path / f"{name}.yaml", {**base, "loss": loss})
         work = tmp_path / name
         run(python_cmd(*train_args(cfg, tiny_shards / "train-64", work, work / "n.pt")))
         rows = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in rows] == [1, 2, 3, 4]
-        keys = {"contrastive_d", "contrastive_g", "mode_seeking"}
+        keys = {"contrastive_d", "contrastive_g", "mode_seeking", "r1"}
         if loss:
             for r in rows:
                 assert keys <= set(r), sorted(r)

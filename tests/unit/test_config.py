@@ -95,3 +95,14 @@ def test_text_interpolation_is_a_fraction_of_the_redrawn_g_batch():
             {"stage": 1, "loss": {"text_interpolation": 0.5}, "train": {"g_step_fakes": "reuse"}},
         )
     assert from_dict(RunConfig, {"stage": 1}).loss.text_interpolation == 0.0  # paper: off
+
+
+def test_r1_gamma_is_a_non_negative_weight_and_off_in_the_paper_preset():
+    import pytest
+
+    from stackgan.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"loss\.r1_gamma.*>= 0"):
+        from_dict(RunConfig, {"stage": 1, "loss": {"r1_gamma": -1.0}})
+    assert from_dict(RunConfig, {"stage": 1}).loss.r1_gamma == 0.0
+    assert from_dict(RunConfig, {"stage": 2, "loss": {"r1_gamma": 0.5}}).loss.r1_gamma == 0.5

@@ -266,3 +266,19 @@ def test_mode_seeking_loss_is_the_inverse_image_to_noise_distance_ratio():
     loss.backward()
     assert bool((x.grad > 0).all())  # moving x down (away from y) lowers the loss
     assert mode_seeking_loss(a, a, za, zb).item() == pytest.approx(1e5)
+
+
+def test_r1_penalty_is_the_mean_squared_input_gradient_of_the_first_rows():
+    from stackgan.losses import r1_penalty
+
+    x = torch.randn(5, 3, 4, 4, requires_grad=True)
+    w = torch.randn(3, 4, 4)
+    logits = (x[:2] * w).flatten(1).sum(1) + 3.0 * x[2:].sum()  # later rows feed in too
+    want = w.square().sum()  # d logit_i / d x_i = w for the two real rows
+    assert r1_penalty(logits, x).item() == pytest.approx(want.item(), rel=1e-5)
+    quad = (x[:2] ** 2).flatten(1).sum(1)  # gradient 2 x_i: penalty 4 mean ||x_i||^2
+    p = r1_penalty(quad, x)
+    assert p.item() == pytest.approx(4 * x[:2].detach().square().flatten(1).sum(1).mean().item())
+    p.backward()  # the gradient stays in the graph: d p / d x_i = 8 x_i / 2 rows
+    torch.testing.assert_close(x.grad[:2], 4 * x[:2].detach())
+    assert bool((x.grad[2:] == 0).all())

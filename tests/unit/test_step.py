@@ -196,3 +196,29 @@ def test_projection_only_needs_the_projection_term():
 
     with pytest.raises(ConfigError, match=r"model\.d_projection_only.*d_projection"):
         ModelConfig(d_projection_only=True)
+
+
+@pytest.mark.parametrize("joint", [True, False])
+def test_d_update_adds_the_r1_penalty_of_the_real_pairs_and_trains_d_on_it(joint):
+    model, D, real, fake, cond, wrong, ids = _setup()
+    D.eval()  # BatchNorm in eval mode: each row's logit depends on its own image only
+    grads, results = {}, {}
+    for gamma in (0.0, 4.0):
+        ctx = StepContext(model=model, loss=LossConfig(r1_gamma=gamma), joint=joint)
+        results[gamma] = d_update(D, ctx, real, fake, cond, wrong, lambda x: x.backward(), ids)
+        grads[gamma] = [p.grad.clone() for p in D.parameters() if p.grad is not None]
+        D.zero_grad()
+    # independent recomputation: per-row input gradients of D's matching logits
+    x = real.clone().requires_grad_(True)
+    (gx,) = torch.autograd.grad(D(x, cond).logits.sum(), x, create_graph=True)
+    penalty = gx.square().flatten(1).sum(1).mean()
+    assert "r1" not in results[0.0][1]
+    torch.testing.assert_close(results[4.0][1]["r1"], penalty.detach())
+    torch.testing.assert_close(results[4.0][0], results[0.0][0] + 2.0 * penalty.detach())
+    # D's gradient gains exactly that of 2 x the penalty
+    params = [p for p in D.parameters() if p.requires_grad]
+    want = torch.autograd.grad(2.0 * penalty, params, allow_unused=True)
+    extra = [g4 - g0 for g4, g0 in zip(grads[4.0], grads[0.0], strict=True)]
+    for got, w in zip(extra, [w for w in want if w is not None], strict=True):
+        torch.testing.assert_close(got, w, rtol=1e-4, atol=1e-6)
+    assert any(bool(e.abs().sum() > 0) for e in extra)

@@ -128,3 +128,11 @@ def test_module_entry_point():
         timeout=120,
     )
     assert json.loads(proc.stdout)["networks"]["stage2_d"]["params"] > 0
+
+
+def test_the_flop_count_refuses_the_r1_penalty_by_name():
+    from stackgan.config import LossConfig
+
+    cfg = ModelConfig(arch="paper", **TINY)
+    with pytest.raises(ValueError, match=r"loss\.r1_gamma"):
+        training_step_flops(cfg, 1, 2, loss_cfg=LossConfig(r1_gamma=1.0))
