@@ -88,7 +88,7 @@ def d_update(
     row, ``wrong`` [B', .] are the mismatched conditions for the first B' real images;
     ``class_ids`` [B] keep same-class captions out of the contrastive term's negatives.
     """
-    uw, cw, r1 = ctx.loss.uncond_weight, ctx.loss.contrastive, ctx.loss.r1_gamma
+    uw, r1 = ctx.loss.uncond_weight, ctx.loss.r1_gamma
     if ctx.joint:
         # One pass over [real; fake], one head call over matching and mismatched pairs: with
         # shared BatchNorm statistics D must match image and text per sample.
@@ -105,15 +105,10 @@ def d_update(
                 None if unc is None else unc[n:],
                 uncond_weight=uw,
             )
-            if cw > 0:
-                contrast = _contrast(out, slice(0, n), class_ids)
-                loss = loss + cw * contrast
-                parts["contrastive_d"] = contrast.detach()
-            if r1 > 0:
-                penalty = r1_penalty(out.logits[:n], images)
-                loss = loss + 0.5 * r1 * penalty
-                parts["r1"] = penalty.detach()
+            extra, extra_parts = _real_pair_terms(ctx, out, slice(0, n), images, class_ids)
+            loss = loss if extra is None else loss + extra
         backward(loss)
+        parts.update(extra_parts)
         return loss.detach(), parts
     # The D loss is a sum of per-pass terms, so the real pass (real and mismatched pairs)
     # is back-propagated before the fake pass runs: one D graph alive at a time.
@@ -129,10 +124,8 @@ def d_update(
             _zeros(out_real.uncond_logits),
             uncond_weight=uw,
         )
-        contrast = _contrast(out_real, slice(None), class_ids) if cw > 0 else None
-        part_real = part_real if contrast is None else part_real + cw * contrast
-        penalty = r1_penalty(out_real.logits, real_in) if r1 > 0 else None
-        part_real = part_real if penalty is None else part_real + 0.5 * r1 * penalty
+        extra, extra_parts = _real_pair_terms(ctx, out_real, slice(None), real_in, class_ids)
+        part_real = part_real if extra is None else part_real + extra
     with ctx.d_no_sync():
         backward(part_real)
     with ctx.autocast():
@@ -155,13 +148,31 @@ def d_update(
             out_fake.uncond_logits,
             uncond_weight=uw,
         )
-        if contrast is not None:
-            loss = loss + cw * contrast
-            parts["contrastive_d"] = contrast.detach()
-        if penalty is not None:
-            loss = loss + 0.5 * r1 * penalty
-            parts["r1"] = penalty.detach()
+        loss = loss if extra is None else loss + extra.detach()
+    parts.update(extra_parts)
     return loss.detach(), parts
+
+
+def _real_pair_terms(
+    ctx: StepContext,
+    out: DOutput,
+    rows: slice,
+    images: torch.Tensor,
+    class_ids: torch.Tensor | None,
+) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+    """D's extra terms on its real, matching pairs (the image rows ``rows`` of ``out``,
+    computed from ``images``): weight x the contrastive term and gamma / 2 x the R1 penalty.
+    Returns their weighted sum (None when both are off) and the detached unweighted parts."""
+    extra, parts = None, {}
+    cw, r1 = ctx.loss.contrastive, ctx.loss.r1_gamma
+    if cw > 0:
+        contrast = _contrast(out, rows, class_ids)
+        extra, parts["contrastive_d"] = cw * contrast, contrast.detach()
+    if r1 > 0:
+        penalty = r1_penalty(out.logits[rows], images)
+        extra = 0.5 * r1 * penalty if extra is None else extra + 0.5 * r1 * penalty
+        parts["r1"] = penalty.detach()
+    return extra, parts
 
 
 def _r1_leaf(images: torch.Tensor, r1_gamma: float) -> torch.Tensor:
