@@ -6,7 +6,10 @@ point of both stages (``results/<run>/work/stage{1,2}/metrics.jsonl``: condition
 accuracy with chance, twin-FID, diversity, stage consistency) and the final evaluation
 (``results/<run>/summary.json``). It prints one table per stage and seed, the medians
 and spreads over seeds, checks the quality targets, and writes ``quality.json`` and
-``curves.png`` into ``--out``.
+``curves.png`` into ``--out``. Stage-II >= Stage-I is checked on the final evaluation,
+image for image (the same captions and noise), with the paired counts: how many images
+went from right to wrong and back, and whether the difference is more than chance (sign
+test).
 
     python bench/bench_quality.py --help
     # the quality benchmark: CUB-scale twin (200 classes, 12,000 images), 60 min of training
@@ -166,11 +169,12 @@ def check_targets(stages: dict[str, list[dict[str, float]]], demo: bool) -> dict
     return out
 
 
-def check_final_targets(final: dict[str, float]) -> dict[str, Any]:
-    """The demo's targets on the final evaluation (``stage<N>.cond_*`` of summary.json):
-    each stage >= 3x chance on body and wing, Stage-II >= Stage-I."""
+def check_final_targets(final: dict[str, float], demo: bool) -> dict[str, Any]:
+    """Targets on the final evaluation (``stage<N>.cond_*`` of summary.json): for the demo each
+    stage >= 3x chance on body and wing; always Stage-II >= Stage-I, image for image, with the
+    paired counts (``stage2.vs_stage1.*``: images right -> wrong / wrong -> right, sign test)."""
     out: dict[str, Any] = {}
-    for stage in ("stage1", "stage2"):
+    for stage in ("stage1", "stage2") if demo else ():
         for attr in ("body", "wing"):
             acc, chance = f"{stage}.cond_{attr}_accuracy", f"{stage}.cond_{attr}_chance"
             if acc in final and chance in final:
@@ -182,7 +186,14 @@ def check_final_targets(final: dict[str, float]) -> dict[str, Any]:
             final.get(f"stage2.cond_{attr}_accuracy"),
         )
         if a1 is not None and a2 is not None:
-            out[f"final.stage2.{attr}>=stage1"] = (round(a2 - a1, 3), a2 >= a1)
+            out[f"final.stage2.{attr}>=stage1"] = (round(a2 - a1, 4), a2 >= a1)
+        pair = f"stage2.vs_stage1.{attr}"
+        if f"{pair}_sign_p" in final:
+            lost, won, p_value = (final[f"{pair}_{k}"] for k in ("lost", "won", "sign_p"))
+            out[f"final.stage2.{attr}_loss_within_chance"] = (
+                f"lost {lost:.0f} won {won:.0f} p={p_value:.2f}",
+                won >= lost or p_value >= 0.05,
+            )
     return out
 
 
@@ -286,13 +297,11 @@ def main() -> int:
                 f"{train[stage]['seconds'] / 60:.1f} min",
                 points,
             )
-        final = {k: v for k, v in summary.items() if "cond_" in k}
-        targets = check_targets(stages, demo)
-        if demo:
-            targets |= check_final_targets(final)
+        final = {k: v for k, v in summary.items() if "cond_" in k or ".vs_stage1." in k}
+        targets = check_targets(stages, demo) | check_final_targets(final, demo)
         print(f"\n{run}: pipeline wall clock {seconds / 60:.1f} min; targets:")
         for key, (value, ok) in targets.items():
-            print(f"  {key:32s} {value!s:>8}  {'ok' if ok else 'MISSED'}")
+            print(f"  {key:36s} {value!s:>8}  {'ok' if ok else 'MISSED'}")
         report["runs"][run] = {
             "seed": seed,
             "wall_seconds": round(seconds, 1),

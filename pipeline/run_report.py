@@ -114,8 +114,37 @@ def inception_verdict(stage: int, metrics: dict[str, float]) -> str | None:
     return ", ".join(parts) + ref + "."
 
 
-def stage_verdicts(result: StageResult, previous: StageResult | None) -> list[tuple[str, str]]:
-    """The verdict lines of one stage: captions, Inception metrics, stacking."""
+def stacking_verdict(deltas: dict[str, float], paired: dict[str, float]) -> tuple[str, str]:
+    """``(level, sentence)`` on Stage-II against Stage-I: the accuracy differences and, with
+    the paired counts (``{a}_lost``, ``{a}_won``, ``{a}_sign_p``), whether they exceed chance."""
+    parts = []
+    for a, d in deltas.items():
+        part = f"{a} {d:+.3f}"
+        if f"{a}_sign_p" in paired:
+            part += (
+                f" ({paired[f'{a}_lost']:.0f} images right -> wrong, {paired[f'{a}_won']:.0f} "
+                f"wrong -> right; sign test p = {paired[f'{a}_sign_p']:.2f})"
+            )
+        parts.append(part)
+    said = f"against Stage-I on the same captions and noise: {', '.join(parts)}."
+    losses = [a for a, d in deltas.items() if d < 0]
+    if not losses:
+        return "good", said
+    if all(f"{a}_sign_p" in paired for a in losses):
+        significant = [a for a in losses if paired[f"{a}_sign_p"] < 0.05]
+        said += (
+            f" The loss in {', '.join(significant)} is more than chance (p < 0.05)."
+            if significant
+            else " The loss is within chance (p >= 0.05)."
+        )
+    return "weak", said
+
+
+def stage_verdicts(
+    result: StageResult, previous: StageResult | None, paired: dict[str, float] | None = None
+) -> list[tuple[str, str]]:
+    """The verdict lines of one stage: captions, Inception metrics, stacking (with the paired
+    counts against the previous stage when given)."""
     lines: list[tuple[str, str]] = []
     metrics = result.metrics
     att = attribute_verdict(metrics)
@@ -132,9 +161,7 @@ def stage_verdicts(result: StageResult, previous: StageResult | None) -> list[tu
             if f"cond_{a}_accuracy" in before
         }
         if deltas:
-            level = "good" if min(deltas.values()) >= 0 else "weak"
-            said = ", ".join(f"{a} {d:+.3f}" for a, d in deltas.items())
-            lines.append((level, f"against Stage-I on the same captions and noise: {said}."))
+            lines.append(stacking_verdict(deltas, paired or {}))
     history = result.train.get("eval_history") or []
     consistency = history[-1].get("eval.consistency_attributes") if history else None
     if consistency is not None:
@@ -267,12 +294,13 @@ def stage_section(
     previous: StageResult | None,
     ceiling: dict[str, float],
     links: dict[str, str],
+    paired: dict[str, float] | None = None,
 ) -> str:
     """One stage: verdict, metrics, curves, grids, MLflow links."""
     s = result.stage
     verdicts = "".join(
         f"<li class='{level}'>{html.escape(text)}</li>"
-        for level, text in stage_verdicts(result, previous)
+        for level, text in stage_verdicts(result, previous, paired)
     )
     train = result.train
     facts = (
@@ -344,8 +372,11 @@ def render(
     """The whole report page."""
     sections = []
     previous = None
+    summary_metrics = summary.get("metrics", {})
     for result in sorted(stages, key=lambda r: r.stage):
-        sections.append(stage_section(result, previous, ceiling, links))
+        prefix = f"stage{result.stage}.vs_stage{result.stage - 1}."
+        paired = {k[len(prefix) :]: v for k, v in summary_metrics.items() if k.startswith(prefix)}
+        sections.append(stage_section(result, previous, ceiling, links, paired))
         previous = result
     parent = links.get("pipeline run")
     ceiling_note = (

@@ -4,7 +4,10 @@
         --eval eval/stage1/metrics.json ... --out summary.json
 
 ``summary.json`` has a flat ``metrics`` mapping (``stage2.fid``, ``stage1.train.loss_d``,
-...) that ``stackgan track log-summary`` puts on the MLflow parent run.
+...) that ``stackgan track log-summary`` puts on the MLflow parent run. With ``--index`` (the
+test index) and both stages evaluated with the attribute classifier, it also holds the paired
+comparison of Stage-II with Stage-I on the same captions and noise: ``stage2.vs_stage1.body_lost``
+(right in Stage-I, wrong in Stage-II), ``..._won`` and ``..._sign_p`` (exact sign test).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from stackgan.evaluation.attributes.paired import compare_evaluations
 from stackgan.fileio import write_json
 
 TRAIN_KEYS = ("loss_d", "loss_g", "kl", "d_real", "d_wrong", "d_fake", "img_per_s")
@@ -56,6 +60,19 @@ def collect(
     return metrics, details
 
 
+def paired_metrics(eval_files: list[Path], index: Path) -> dict[str, float]:
+    """``stage2.vs_stage1.*`` from the two stages' activation caches (``activations.h5``
+    beside each ``metrics.json``); empty unless both stages were evaluated."""
+    caches = {
+        int(json.loads(path.read_text())["network"]["stage"]): path.parent / "activations.h5"
+        for path in eval_files
+    }
+    if not {1, 2} <= caches.keys():
+        return {}
+    changes = compare_evaluations(caches[1], caches[2], index)
+    return {f"stage2.vs_stage1.{k}": v for k, v in (changes or {}).items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m pipeline.summarize", description=__doc__.split("\n\n")[0]
@@ -64,9 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", required=True)
     p.add_argument("--train", type=Path, nargs="*", default=[])
     p.add_argument("--eval", type=Path, nargs="*", default=[])
+    p.add_argument("--index", type=Path, help="test index: adds the paired Stage-II/Stage-I counts")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     metrics, details = collect(args.train, args.eval)
+    if args.index is not None:
+        metrics.update(paired_metrics(args.eval, args.index))
     write_json(
         args.out, {"run": args.run, "preset": args.preset, "metrics": metrics, "stages": details}
     )

@@ -265,7 +265,8 @@ def eval_launch(wildcards):
 
 
 def report_inputs(wildcards):
-    """The stages' metrics, the pipeline config and, on the twin, the classifier's scores."""
+    """The stages' metrics, the pipeline config and, on the twin, the classifier's scores and
+    the test index (for the paired Stage-II/Stage-I comparison)."""
     inputs = {
         "train": expand(str(rules.train_stage.output.metrics), stage=S.stages),
         "evals": expand(str(rules.evaluate.output.metrics), stage=S.eval_stages),
@@ -275,4 +276,5 @@ def report_inputs(wildcards):
     }
     if COND_ACC:
         inputs["classifier"] = rules.train_attribute_classifier.output.report
+        inputs["test_index"] = shard_file("index", "test")
     return inputs

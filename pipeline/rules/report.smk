@@ -18,13 +18,16 @@ rule summarize:
         classifier=lambda w, input: (
             f"--classifier-report {input.classifier}" if "classifier" in input.keys() else ""
         ),
+        index=lambda w, input: (
+            f"--index {input.test_index}" if "test_index" in input.keys() else ""
+        ),
     log:
         f"{RUN}/logs/summarize.log",
     conda:
         CONDA_TRAIN
     shell:
         "(python -m pipeline.summarize --run {params.run} --preset {params.preset} --train {input.train} "
-        "--eval {input.evals} --out {output.summary} && "
+        "--eval {input.evals} {params.index} --out {output.summary} && "
         "python -m pipeline.run_report --summary {output.summary} --pipeline-config {input.cfg} "
         "--train {input.train} --eval {input.evals} {params.classifier} "
         "--tracking-uri {params.uri:q} --parent-run-id-file {input.parent} --out {output.report} && "

@@ -63,6 +63,25 @@ def test_stage2_verdicts_compare_with_stage1_and_report_consistency() -> None:
     assert rr.stage_verdicts(better, s1)[1][0] == "good"
 
 
+def test_stacking_verdict_says_whether_a_loss_is_more_than_chance() -> None:
+    s1 = rr.StageResult(1, evaluation={"metrics": _metrics(0.740, 0.3835)})
+    s2 = rr.StageResult(2, evaluation={"metrics": _metrics(0.736, 0.3897)})
+    paired = {"body_lost": 55.0, "body_won": 41.0, "body_sign_p": 0.184}
+    paired.update({"wing_lost": 46.0, "wing_won": 71.0, "wing_sign_p": 0.026})
+    level, text = rr.stage_verdicts(s2, s1, paired)[1]
+    assert level == "weak", text
+    assert "body -0.004 (55 images right -> wrong, 41 wrong -> right; sign test p = 0.18)" in text
+    assert "wing +0.006 (46 images right -> wrong, 71 wrong -> right; sign test p = 0.03)" in text
+    assert text.endswith("The loss is within chance (p >= 0.05)."), text
+    paired["body_sign_p"] = 0.04
+    assert rr.stage_verdicts(s2, s1, paired)[1][1].endswith(
+        "The loss in body is more than chance (p < 0.05)."
+    )
+    # No loss: good, and no sentence about chance.
+    level, text = rr.stacking_verdict({"body": 0.0, "wing": 0.01}, paired)
+    assert level == "good" and "chance" not in text, text
+
+
 def test_inception_verdict_names_the_paper_numbers_at_256_px() -> None:
     text = rr.inception_verdict(2, {"is_mean": 3.1, "is_std": 0.05, "fid": 60.0})
     assert "IS 3.10 ± 0.05" in text and "FID 60.00" in text and rr.PAPER_IS in text

@@ -493,9 +493,38 @@ def test_smoke_run_writes_every_declared_output(smoke_run: Path) -> None:
     assert "stage2.cond_body_accuracy" in summary["metrics"], sorted(summary["metrics"])
     page = (smoke_run / "results/smoke/report.html").read_text()
     assert "stage2.cond_body_accuracy" in page and "Stage-II (256 px)" in page
+    _assert_paired_counts(smoke_run, summary["metrics"], page)
     # The run report is offline: its pictures are embedded, nothing is fetched.
     assert page.count("src='data:image/png;base64,") == 6, page.count("data:image/png")
     assert "<script" not in page and "<link" not in page
+
+
+def _assert_paired_counts(smoke_run: Path, metrics: dict[str, float], page: str) -> None:
+    """summary.json's paired Stage-II/Stage-I counts, recomputed from the two evaluations'
+    activation caches and the test index; they give the accuracy difference exactly."""
+    import h5py
+    import numpy as np
+
+    from stackgan.data.index import SplitIndex
+    from stackgan.evaluation.attributes.score import attribute_labels
+
+    preds = {}
+    for stage in (1, 2):
+        with h5py.File(smoke_run / f"results/smoke/eval/stage{stage}/activations.h5") as h5:
+            preds[stage] = (h5["attributes"][:], h5["image_index"][:], h5["caption_index"][:])
+    assert np.array_equal(preds[1][1], preds[2][1]) and np.array_equal(preds[1][2], preds[2][2])
+    index = smoke_run / SMOKE_DATA / "shards/test-index.h5"
+    with SplitIndex(index) as idx:
+        wanted = attribute_labels(idx.caption_pairs(preds[1][1], preds[1][2]))
+    for j, attr in enumerate(("body", "wing")):
+        right1, right2 = preds[1][0][:, j] == wanted[:, j], preds[2][0][:, j] == wanted[:, j]
+        lost, won = int((right1 & ~right2).sum()), int((~right1 & right2).sum())
+        assert metrics[f"stage2.vs_stage1.{attr}_lost"] == lost, (attr, lost, metrics)
+        assert metrics[f"stage2.vs_stage1.{attr}_won"] == won, (attr, won, metrics)
+        diff = metrics[f"stage2.cond_{attr}_accuracy"] - metrics[f"stage1.cond_{attr}_accuracy"]
+        assert (won - lost) / len(wanted) == pytest.approx(diff, abs=1e-9)
+        assert 0 < metrics[f"stage2.vs_stage1.{attr}_sign_p"] <= 1
+        assert f"{lost} images right -&gt; wrong, {won} wrong -&gt; right" in page
 
 
 def _client(work: Path):
