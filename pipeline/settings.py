@@ -161,18 +161,25 @@ def schema_errors(config: dict[str, Any]) -> list[str]:
 
 
 def stage_run_config(config: dict[str, Any], stage: int) -> dict[str, Any]:
-    """The run config of one stage (validated by the training dataclasses), as a dict."""
-    train = deep_merge(config.get("train", {}), config.get(f"stage{stage}", {}))
+    """The run config of one stage (validated by the training dataclasses), as a dict:
+    ``stage<N>`` overrides ``train``, and its ``loss`` sub-section overrides ``loss``."""
+    overrides = dict(config.get(f"stage{stage}") or {})
+    loss_overrides = overrides.pop("loss", None) or {}
+    loss = deep_merge(config.get("loss", {}), loss_overrides)
     raw = {
         "stage": stage,
         "model": config.get("model", {}),
-        "loss": config.get("loss", {}),
-        "train": train,
+        "loss": loss,
+        "train": deep_merge(config.get("train", {}), overrides),
     }
     try:
         return to_dict(from_dict(RunConfig, raw))
     except ConfigError as err:
-        where = f"train/stage{stage}" if str(err).startswith("train") else ""
+        where = ""
+        if str(err).startswith("train"):
+            where = f"train/stage{stage}"
+        elif str(err).startswith("loss") and loss_overrides:
+            where = f"loss/stage{stage}.loss"
         raise PipelineConfigError(f"{where + ': ' if where else ''}{err}") from err
 
 

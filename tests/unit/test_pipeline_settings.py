@@ -20,6 +20,7 @@ from pipeline.settings import (
     SCHEMA,
     PipelineConfigError,
     available_presets,
+    coerce_cli_strings,
     deep_merge,
     merge_with_preset,
     resolve,
@@ -90,6 +91,37 @@ def test_stage_overrides_merge_over_train():
     assert s.run_configs[1]["train"]["seed"] == 7 and s.run_configs[2]["train"]["seed"] == 9
 
 
+def test_a_stage_loss_section_overrides_the_shared_loss_of_that_stage_only():
+    s = resolve(
+        {
+            "preset": "smoke",
+            "loss": {"kl_weight": 0.5, "r1_gamma": 0.25},
+            "stage2": {"seed": 9, "loss": {"r1_gamma": 1.0}},
+        }
+    )
+    one, two = s.run_configs[1], s.run_configs[2]
+    assert one["loss"]["r1_gamma"] == 0.25 and two["loss"]["r1_gamma"] == 1.0
+    assert one["loss"]["kl_weight"] == two["loss"]["kl_weight"] == 0.5  # the rest is shared
+    assert two["train"]["seed"] == 9 and "loss" not in two["train"]
+
+
+def test_a_stage_loss_section_is_checked_like_the_shared_one():
+    with pytest.raises(PipelineConfigError, match=r"stage2\.loss: Additional properties .*'r1'"):
+        resolve({"preset": "smoke", "stage2": {"loss": {"r1": 1.0}}})
+    with pytest.raises(PipelineConfigError, match=r"stage1\.loss\.r1_gamma: -1.0 is less than"):
+        resolve({"preset": "smoke", "stage1": {"loss": {"r1_gamma": -1.0}}})
+    # A cross-section rule broken only by the stage's override names that stage.
+    with pytest.raises(
+        PipelineConfigError, match=r"stage2\.loss.*loss\.contrastive: needs model\.d_projection"
+    ):
+        resolve({"preset": "smoke", "stage2": {"loss": {"contrastive": 1.0}}})
+
+
+def test_a_stage_loss_value_from_the_command_line_gets_its_type():
+    config = coerce_cli_strings({"stage2": {"loss": {"r1_gamma": "1", "mismatch": "hard"}}})
+    assert config == {"stage2": {"loss": {"r1_gamma": 1, "mismatch": "hard"}}}
+
+
 def _schema():
     return yaml.safe_load(SCHEMA.read_text())
 
@@ -100,7 +132,13 @@ def test_schema_matches_the_training_dataclasses():
     train_fields = set(schema["$defs"]["train_fields"]["properties"])
     assert train_fields == {f.name for f in dataclasses.fields(TrainConfig)}
     assert set(props["model"]["properties"]) == {f.name for f in dataclasses.fields(ModelConfig)}
-    assert set(props["loss"]["properties"]) == {f.name for f in dataclasses.fields(LossConfig)}
+    loss_fields = set(schema["$defs"]["loss_fields"]["properties"])
+    assert loss_fields == {f.name for f in dataclasses.fields(LossConfig)}
+    assert props["loss"]["$ref"] == "#/$defs/loss_fields"
+    stage_fields = schema["$defs"]["stage_fields"]["properties"]
+    assert set(stage_fields) == train_fields | {"loss"}
+    assert stage_fields["loss"]["$ref"] == "#/$defs/loss_fields"
+    assert props["stage1"]["$ref"] == props["stage2"]["$ref"] == "#/$defs/stage_fields"
     assert set(props["eval"]["properties"]) == {f.name for f in dataclasses.fields(EvalConfig)}
 
 
