@@ -158,14 +158,11 @@ def check_targets(stages: dict[str, list[dict[str, float]]], demo: bool) -> dict
             f1["eval.twin_fid"] <= s1[0]["eval.twin_fid"] / 3,
         )
         out["stage1.diversity>=0.7"] = (f1["eval.diversity"], f1["eval.diversity"] >= 0.7)
-    if s2:
-        f2 = s2[-1]
-        for attr in ("body", "wing"):
-            a1, a2 = f1[f"eval.{attr}_accuracy"], f2[f"eval.{attr}_accuracy"]
-            out[f"stage2.{attr}>=stage1"] = (round(a2 - a1, 3), a2 >= a1)
-        if not demo:
-            c = f2["eval.consistency_attributes"]
-            out["stage2.consistency>=0.9"] = (c, c >= 0.9)
+    # Stage-II >= Stage-I is checked on the final evaluation (check_final_targets): the two
+    # stages' last in-training points are different draws of captions and noise.
+    if s2 and not demo:
+        c = s2[-1]["eval.consistency_attributes"]
+        out["stage2.consistency>=0.9"] = (c, c >= 0.9)
     return out
 
 
