@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     metrics, details = collect(args.train, args.eval)
     if args.index is not None:
-        metrics.update(paired_metrics(args.eval, args.index))
+        try:
+            metrics.update(paired_metrics(args.eval, args.index))
+        except (OSError, ValueError) as err:  # each names the file and what was expected
+            print(f"summarize: {err}", file=sys.stderr)
+            return 2
     write_json(
         args.out, {"run": args.run, "preset": args.preset, "metrics": metrics, "stages": details}
     )

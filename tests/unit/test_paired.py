@@ -94,3 +94,34 @@ def test_compare_evaluations_on_real_caches_and_index(tiny_shards: Path, tmp_pat
     assert read_predictions(bare) is None and compare_evaluations(a, bare, index) is None
     with pytest.raises(FileNotFoundError, match=r"nothing\.h5: no activation cache"):
         compare_evaluations(a, tmp_path / "nothing.h5", index)
+
+
+def test_summarize_reports_incomparable_evaluations_in_one_line(
+    tiny_shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Run by hand on evaluations made with different protocols, ``pipeline.summarize`` says
+    which files disagree (no traceback) and writes no summary."""
+    import json
+
+    from pipeline.summarize import main
+
+    index = tiny_shards / "test-index.h5"
+    with SplitIndex(index) as idx:
+        rows = np.repeat(np.arange(idx.num_images), 2)
+    attributes = np.zeros((len(rows), 2), dtype=np.int64)
+    evals = []
+    for stage, seed in ((1, 100), (2, 7)):
+        folder = tmp_path / f"stage{stage}"
+        folder.mkdir()
+        _cache(folder / "activations.h5", attributes, rows, seed=seed)
+        metrics = {"network": {"stage": stage}, "metrics": {}, "samples": 1, "skipped": {}}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        evals.append(str(folder / "metrics.json"))
+    out = tmp_path / "summary.json"
+    argv = ["--run", "r", "--preset", "demo", "--eval", *evals, "--index", str(index)]
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("summarize: ") and "different evaluation protocols" in err
+    assert "stage1/activations.h5 and " in err and "stage2/activations.h5" in err
+    assert "\n" not in err and "Traceback" not in err
+    assert not out.exists()
