@@ -1,8 +1,10 @@
 # MLflow parent run, per-stage run configs, and one training rule for both stages (DDP launch).
 # Resumable training state lives in params.workdir, which is deliberately NOT a declared
 # output: Snakemake deletes declared outputs of failed jobs, and a retried or requeued
-# job must find its checkpoints. Editing code under stackgan/ does not retrain; force it
-# with -R train_stage (or change the run name).
+# job must find its checkpoints. A job rerun because a setting, the shards or the Stage-I
+# network changed moves the states it finds aside (work/stage<N>/superseded/) and starts at
+# step 0 (--on-config-change restart; stackgan/training/identity.py). Editing code under
+# stackgan/ does not retrain; force it with -R train_stage (or change the run name).
 
 
 rule mlflow_parent:
@@ -106,6 +108,6 @@ rule train_stage:
     # 75, and the launcher can requeue the job (pipeline/launch.py).
     shell:
         "trap '' TERM USR1; python -m pipeline.launch {params.launch} -- -m stackgan.cli.train --config {input.cfg} --data {params.data} "
-        "--workdir {params.workdir} --out {output.network} --metrics-out {output.metrics} "
+        "--workdir {params.workdir} --on-config-change restart --out {output.network} --metrics-out {output.metrics} "
         "{params.stage1}--loss-curve {output.curve} --grid-out {output.grid} --grid-index {input.index} "
         "--parent-run-id-file {input.parent} {params.monitor} {params.tracking} 2>&1 | tee -a {log}"

@@ -6,7 +6,8 @@
     torchrun --standalone --nproc-per-node 4 -m stackgan.cli.train ...      # 1 node, 4 GPUs
 
 The batch size in the config is PER RANK; the global batch is batch_size x world size.
-The work directory holds resumable training states (a restart resumes automatically),
+The work directory holds resumable training states (a restart resumes automatically, but
+only the run that wrote them: see --on-config-change),
 ``metrics.jsonl``, sample grids and the MLflow child-run id; it must survive job
 failures, so it is not a declared Snakemake output. Only rank 0 writes files and logs.
 
@@ -93,6 +94,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--grid-out", type=Path, help="copy of the final sample grid (PNG)")
     p.add_argument("--max-steps", type=int, help="override train.max_steps")
+    p.add_argument(
+        "--on-config-change",
+        choices=("error", "restart"),
+        default="error",
+        help="when --workdir holds the states of another run (other settings, shards or "
+        "Stage-I network): stop and say what differs (default), or move them to "
+        "<workdir>/superseded/ and start at step 0 (what the pipeline does)",
+    )
     track = add_tracking_arguments(p)
     track.add_argument(
         "--artifact-location", help="artifact location for a newly created experiment"
@@ -131,6 +140,7 @@ def _job(args: argparse.Namespace) -> TrainJob:
         loss_curve=args.loss_curve,
         grid_out=args.grid_out,
         tracking=tracking,
+        on_config_change=args.on_config_change,
     )
 
 

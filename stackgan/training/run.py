@@ -33,6 +33,14 @@ from stackgan.training.control import (
     StopFlag,
     ignore_stop_signals,
 )
+from stackgan.training.identity import (
+    OnChange,
+    identity_changes,
+    record_identity,
+    recorded_identity,
+    run_identity,
+    supersede,
+)
 from stackgan.training.schedule import check_runtime_config
 
 log = logging.getLogger("stackgan.train")
@@ -78,6 +86,9 @@ class TrainJob:
     loss_curve: Path | None = None  # default: <workdir>/loss_curves.png
     grid_out: Path | None = None
     tracking: TrackingOptions = field(default_factory=TrackingOptions)
+    # the work directory holds another run (config, data or Stage-I changed): stop, or move
+    # that run aside and start at step 0 (stackgan/training/identity.py)
+    on_config_change: OnChange = "error"
 
 
 def load_run_config(path: Path, max_steps: int | None = None) -> RunConfig:
@@ -355,6 +366,7 @@ def run_training(job: TrainJob, cfg: RunConfig, manifest: dict[str, Any]) -> Loo
     info = dist_utils.init()
     tracker = None
     try:
+        claim_workdir(job, cfg, info)
         prep = _prepare_agreed(job, cfg, manifest, info)
         tracker = prep.tracker
         history_path = job.workdir / "metrics.jsonl"
@@ -447,6 +459,36 @@ def _finish(
         tracker.log_artifact(job.out, artifact_path="network")
         tracker.set_tags({STATUS_TAG: JOB_FINISHED})
         tracker.close("FINISHED")
+
+
+def claim_workdir(job: TrainJob, cfg: RunConfig, info: dist_utils.DistInfo) -> None:
+    """Make ``job.workdir`` this run's: record its identity, or, when the directory holds
+    another run, stop (``on_config_change: error``, every rank raises StartError) or move
+    that run to ``superseded/`` and start afresh (``restart``). Collective."""
+    from stackgan.fileio import sha256_file
+
+    stage1 = sha256_file(job.stage1_generator) if job.stage1_generator is not None else None
+    current = run_identity(cfg, _manifest_sha(job.data), stage1)
+    recorded = recorded_identity(job.workdir)  # every rank reads before anyone moves
+    changes = identity_changes(recorded, current) if recorded is not None else []
+    dist_utils.barrier()
+    if changes and job.on_config_change == "error":
+        raise StartError(
+            f"{job.workdir} holds the training states of another run ({'; '.join(changes)}); "
+            "use a fresh --workdir, restore those settings, or pass --on-config-change "
+            "restart to move them aside and start at step 0"
+        )
+    if info.is_main:
+        if changes:
+            moved = supersede(job.workdir)
+            log.warning(
+                "%s held another run (%s): moved to %s; starting at step 0",
+                job.workdir,
+                "; ".join(changes),
+                moved,
+            )
+        record_identity(job.workdir, current)
+    dist_utils.barrier()
 
 
 def _manifest_sha(set_dir: Path) -> str:

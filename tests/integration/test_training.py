@@ -379,3 +379,47 @@ def test_generate_from_sentences(stage1_network, tmp_path):
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert both.returncode == 2 and "either --embeddings or --text" in both.stderr
+
+
+def test_a_work_directory_resumes_only_the_run_that_wrote_it(tiny_shards, tmp_path):
+    """Same run, longer: resumed. Another setting: stopped with the difference named (CLI
+    default), or, with --on-config-change restart (the pipeline), the old states moved to
+    superseded/ and training from step 0 with the new setting."""
+    data, work = tiny_shards / "train-64", tmp_path / "work"
+    base = {**run_config(1, max_steps=4, checkpoint_every_steps=2), "loss": {"kl_weight": 2.0}}
+
+    def train(name, cfg, *extra):
+        path = write_config(tmp_path / f"{name}.yaml", cfg)
+        out = tmp_path / f"{name}.pt"
+        args = train_args(path, data, work, out, "--metrics-out", str(tmp_path / f"{name}.json"))
+        return run(python_cmd(*args, *extra), check=False)
+
+    first = train("first", base)
+    assert first.returncode == 0, first.stderr[-3000:]
+    longer = train("longer", {**base, "train": {**base["train"], "max_steps": 6}})
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    assert json.loads((tmp_path / "longer.json").read_text())["resumed_from"] == 4
+
+    other = {**base, "train": {**base["train"], "max_steps": 6}, "loss": {"kl_weight": 0.5}}
+    stopped = train("other", other)
+    assert stopped.returncode == 2, stopped.stderr[-3000:]
+    assert "holds the training states of another run (loss.kl_weight: 2.0 -> 0.5)" in (
+        stopped.stderr
+    )
+    assert "--on-config-change restart" in stopped.stderr
+    states = sorted(p.name for p in work.glob("training-state-*.pt"))
+    assert states and not (work / "superseded").exists()  # nothing moved, nothing lost
+
+    restarted = train("other", other, "--on-config-change", "restart")
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    assert json.loads((tmp_path / "other.json").read_text())["resumed_from"] is None
+    assert "starting at step 0" in restarted.stderr and "loss.kl_weight: 2.0 -> 0.5" in (
+        restarted.stderr
+    )
+    (moved,) = (work / "superseded").iterdir()
+    assert sorted(p.name for p in moved.glob("training-state-*.pt")) == states
+    assert json.loads((moved / "run_identity.json").read_text())["config"]["loss.kl_weight"] == 2
+    assert json.loads((work / "run_identity.json").read_text())["config"]["loss.kl_weight"] == 0.5
+    fresh, resumed = read_network(tmp_path / "other.pt"), read_network(tmp_path / "longer.pt")
+    assert fresh.step == resumed.step == 6 and fresh.config["loss"]["kl_weight"] == 0.5
+    assert any(not torch.equal(fresh.G[k], resumed.G[k]) for k in resumed.G)

@@ -812,6 +812,32 @@ def test_second_invocation_has_nothing_to_do(smoke_run: Path) -> None:
     assert "Job stats:" not in proc.output
 
 
+def test_a_changed_stage2_setting_retrains_stage2_from_step_0(smoke_run: Path) -> None:
+    """Snakemake reruns the job whose setting changed, and that job must train with it: the
+    Stage-II work directory holds the old run's states, which are moved aside (not resumed),
+    so Stage-II trains from step 0 under the new loss; Stage-I and the data are untouched."""
+    own = ("run=smoke-change", "mlflow={experiment: stackgan-smoke-change}")
+    smoke_variant(smoke_run, *own)  # its own pipeline run on the smoke run's data
+    run = smoke_run / "results" / "smoke-change"
+    stage1_before = (run / "stage1/network-final.pt").read_bytes()
+    proc = smoke_variant(smoke_run, *own, "stage2={loss: {stage_consistency: 1.0}}")
+    stats = job_stats(proc.output)
+    assert stats["train_stage"] == 1 and "mlflow_parent" not in stats, stats
+    assert "make_twin" not in stats and stats["evaluate"] == 1, stats
+    log = (run / "logs/train_stage2.log").read_text()
+    assert "loss.stage_consistency: 0.0 -> 1.0" in log and "starting at step 0" in log, log[-3000:]
+    assert "resumed from" not in log
+    moved = list((run / "work/stage2/superseded").iterdir())
+    assert len(moved) == 1 and list(moved[0].glob("training-state-*.pt"))
+    summary = json.loads((run / "stage2/metrics.json").read_text())
+    assert summary["resumed_from"] is None and summary["steps"] > 0
+    stage2 = yaml.safe_load((run / "stage2/run_config.yaml").read_text())
+    assert stage2["loss"]["stage_consistency"] == 1.0
+    stage1 = yaml.safe_load((run / "stage1/run_config.yaml").read_text())
+    assert stage1["loss"]["stage_consistency"] == 0.0
+    assert (run / "stage1/network-final.pt").read_bytes() == stage1_before
+
+
 def smoke_variant(work: Path, *config: str) -> subprocess.CompletedProcess:
     """Another pipeline run of the smoke preset in ``work`` with extra ``--config`` values
     (another run name and experiment keep the smoke run's own checks valid); must succeed."""
