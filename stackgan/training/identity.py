@@ -18,10 +18,13 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
+
 from stackgan.config import RunConfig, flatten, to_dict
 from stackgan.fileio import write_json
 
 IDENTITY_FILE = "run_identity.json"
+UNREADABLE = "(unreadable record)"
 SUPERSEDED_DIR = "superseded"
 OnChange = Literal["error", "restart"]
 
@@ -64,13 +67,19 @@ def run_identity(
 def recorded_identity(workdir: Path) -> dict[str, Any] | None:
     """The identity of the run that owns ``workdir``; None when it holds no run yet. A work
     directory from before identities were recorded is judged by its ``run_config.yaml``."""
-    path = workdir / IDENTITY_FILE
-    if path.is_file():
-        return json.loads(path.read_text(encoding="utf-8"))
-    legacy = workdir / "run_config.yaml"
-    if legacy.is_file() and any(workdir.glob("training-state-*.pt")):
-        cfg = RunConfig.from_yaml(str(legacy))
-        return {"config": run_identity(cfg, "", None)["config"], "inputs": {}}
+    path, legacy = workdir / IDENTITY_FILE, workdir / "run_config.yaml"
+    try:
+        if path.is_file():
+            record = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+                raise ValueError(f"{path}: expected an object with a 'config' object")
+            return record
+        if legacy.is_file() and any(workdir.glob("training-state-*.pt")):
+            cfg = RunConfig.from_yaml(str(legacy))
+            return {"config": run_identity(cfg, "", None)["config"], "inputs": {}}
+    except (ValueError, OSError, yaml.YAMLError) as err:  # ConfigError is a ValueError
+        # Unreadable: it cannot be shown to be this run, so it is treated as another one.
+        return {UNREADABLE: f"{err}"}
     return None
 
 
@@ -82,6 +91,8 @@ def _short(value: Any) -> str:
 def identity_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``key: old -> new`` for every setting and input that differs (inputs the old record
     does not name are not compared)."""
+    if UNREADABLE in old:
+        return [f"{UNREADABLE}: {old[UNREADABLE]}"]
     changes = []
     for section in ("config", "inputs"):
         before, after = old.get(section, {}), new.get(section, {})

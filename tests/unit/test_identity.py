@@ -79,3 +79,24 @@ def test_supersede_moves_everything_aside_and_never_overwrites(tmp_path: Path) -
     assert second != first and (second / "metrics.jsonl").read_text() == "second"
     assert (first / "metrics.jsonl").read_text() == "metrics.jsonl"
     assert second.parent == first.parent == work / "superseded"
+
+
+def test_an_unreadable_record_counts_as_another_run(tmp_path: Path) -> None:
+    """A corrupt run_identity.json or a legacy run_config.yaml that no longer parses cannot
+    show that the states are this run's: the job sees a difference (and, in the pipeline,
+    moves them aside) instead of failing with a traceback."""
+    current = run_identity(_cfg(), "d", None)
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "run_identity.json").write_text('{"config": ')
+    changes = identity_changes(recorded_identity(corrupt), current)
+    assert len(changes) == 1 and changes[0].startswith("(unreadable record): ")
+    (corrupt / "run_identity.json").write_text("[]")
+    (change,) = identity_changes(recorded_identity(corrupt), current)
+    assert "expected an object with a 'config' object" in change
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "run_config.yaml").write_text(yaml.safe_dump({**run_config(2), "bogus": 1}))
+    (legacy / "training-state-00000002.pt").write_bytes(b"x")
+    changes = identity_changes(recorded_identity(legacy), current)
+    assert len(changes) == 1 and "bogus" in changes[0], changes
