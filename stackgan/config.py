@@ -82,6 +82,10 @@ class ModelConfig(_ResolvedEquality):
     # Not in the paper: Stage-II G refines the Stage-I image instead of redrawing it; its
     # decoder output is added (before tanh) to atanh of the bilinearly upsampled Stage-I image
     stage2_skip: bool = False
+    # Not in the paper (needs stage2_skip): the last convolution of Stage-II G's decoder
+    # starts at zero, so the untrained G returns exactly the upsampled Stage-I image instead
+    # of a randomly recoloured one (docs/benchmarks.md, eleventh round)
+    stage2_zero_init: bool = False
     # Not in the paper: Stage-I G modulates every up-sampling block's output with the CA
     # condition, h * (1 + gamma(c)) + beta(c) (FiLM), instead of seeing the text only at 4x4
     g_text_film: bool = False
@@ -111,6 +115,11 @@ class ModelConfig(_ResolvedEquality):
             self.d_projection or not self.d_projection_only,
             "model.d_projection_only",
             "needs model.d_projection: true (the projection term is then D's only text input)",
+        )
+        _check(
+            self.stage2_skip or not self.stage2_zero_init,
+            "model.stage2_zero_init",
+            "needs model.stage2_skip: true (it zeroes the refinement added to the Stage-I image)",
         )
         _check(self.gf_dim % 8 == 0, "model.gf_dim", f"must be a multiple of 8, got {self.gf_dim}")
         if self.arch == "pytorch":

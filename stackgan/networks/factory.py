@@ -77,6 +77,8 @@ def build_networks(model_cfg: ModelConfig, stage: int) -> tuple[nn.Module, nn.Mo
     """Initialised (G, D) of ``stage``; Stage-II G excludes the frozen Stage-I G."""
     G = init_weights(build_generator(model_cfg, stage))
     D = init_weights(build_discriminator(model_cfg, stage))
+    if stage == 2 and model_cfg.stage2_zero_init:
+        G.zero_refinement()
     return G, D
 
 

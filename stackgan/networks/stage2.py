@@ -84,6 +84,17 @@ class Stage2Generator(nn.Module):
             nn.Tanh(),
         )
 
+    def zero_refinement(self) -> None:
+        """Zero the decoder's last convolution (``model.stage2_zero_init``), so that with
+        ``skip`` the output is exactly ``up(stage1_img)`` until training moves it."""
+        if not self.skip:
+            raise ValueError("zero_refinement needs skip=True (model.stage2_skip)")
+        last = self.decode[-2]
+        with torch.no_grad():
+            last.weight.zero_()
+            if last.bias is not None:
+                last.bias.zero_()
+
     def forward(
         self, stage1_img: torch.Tensor, text_emb: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

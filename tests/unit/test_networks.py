@@ -226,6 +226,32 @@ def test_stage2_skip_refines_the_upsampled_stage1_image(arch):
 
 
 @pytest.mark.parametrize("arch", ARCHES)
+def test_stage2_zero_init_starts_as_the_upsampled_stage1_image(arch):
+    """model.stage2_zero_init: the untrained refining G returns exactly the (clamped)
+    bilinear upsample of its Stage-I input for any caption, and only its last decoder conv
+    differs from the default init (same random draws for every other weight)."""
+    torch.manual_seed(7)
+    G_default, _ = build_networks(tiny_cfg(arch, stage2_skip=True), 2)
+    torch.manual_seed(7)
+    G_zero, _ = build_networks(tiny_cfg(arch, stage2_skip=True, stage2_zero_init=True), 2)
+    last = {f"decode.{len(G_zero.decode) - 2}.weight", f"decode.{len(G_zero.decode) - 2}.bias"}
+    zero_state, default_state = G_zero.state_dict(), G_default.state_dict()
+    for name, tensor in zero_state.items():
+        if name in last:
+            assert not tensor.any(), name
+        else:
+            torch.testing.assert_close(tensor, default_state[name], rtol=0, atol=0)
+    low = torch.rand(3, 3, 64, 64) * 2 - 1  # train mode: BN normalises as in training
+    out, _, _ = G_zero.train()(low, torch.randn(3, tiny_cfg(arch).text_dim))
+    up = F.interpolate(low, size=256, mode="bilinear").clamp(-0.99, 0.99)
+    torch.testing.assert_close(out, up, atol=1e-5, rtol=1e-5)
+    default_out, _, _ = G_default.train()(low, torch.randn(3, tiny_cfg(arch).text_dim))
+    assert (default_out - up).abs().mean() > 1e-2  # the default init does recolour it
+    with pytest.raises(ConfigError, match=r"model\.stage2_zero_init"):
+        tiny_cfg(arch, stage2_zero_init=True)
+
+
+@pytest.mark.parametrize("arch", ARCHES)
 def test_text_film_modulates_every_up_block_with_the_condition(arch):
     """model.g_text_film: after each up-sampling block h -> h * (1 + gamma(c)) + beta(c);
     off, the network and its state dict are the paper's; zero FiLM maps give the plain G."""
