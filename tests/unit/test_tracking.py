@@ -474,6 +474,31 @@ def test_track_cli_parent_lifecycle(store: dict[str, Any], tmp_path: Path) -> No
     assert track.main(["finish-parent", *missing]) == 2  # a bad input file: exit 2
 
 
+def test_finish_parent_logs_metrics_and_artifacts_in_one_call(
+    store: dict[str, Any], tmp_path: Path
+) -> None:
+    out = tmp_path / "parent_run_id.txt"
+    args = ["--tracking-uri", store["uri"], "--experiment", EXPERIMENT, "--run-name", "one"]
+    assert track.main(["start-parent", *args, "--out", str(out)]) == 0
+    parent_id = read_run_id(out)
+    results = tmp_path / "summary.json"
+    results.write_text(json.dumps({"metrics": {"stage1": {"body": 0.75}}}))
+    report = tmp_path / "report.html"
+    report.write_text("<html></html>")
+    common = ["--tracking-uri", store["uri"], "--parent-run-id-file", str(out)]
+    gone = ["--metrics", str(results), "--artifact", str(tmp_path / "absent.html")]
+    assert track.main(["finish-parent", *common, *gone]) == 2  # nothing logged, run still open
+    client = store["client"]
+    assert client.get_run(parent_id).info.status == "RUNNING"
+    assert client.get_run(parent_id).data.metrics == {}
+    both = ["--metrics", str(results), "--artifact", str(report)]
+    assert track.main(["finish-parent", *common, *both]) == 0
+    run = client.get_run(parent_id)
+    assert run.info.status == "FINISHED" and run.data.tags["status"] == "FINISHED"
+    assert run.data.metrics == {"stage1.body": 0.75}
+    assert [a.path for a in client.list_artifacts(parent_id)] == ["report.html"]
+
+
 def test_start_parent_rerun_with_a_changed_param_keeps_its_first_value(
     store: dict[str, Any], tmp_path: Path
 ) -> None:
