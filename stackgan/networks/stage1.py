@@ -23,6 +23,7 @@ from stackgan.networks.blocks import (
     check_arch,
     conv,
     discriminator_output,
+    memory_format_of,
 )
 from stackgan.networks.conditioning import CaNoise, CondAugment
 
@@ -119,6 +120,9 @@ class Stage1Generator(nn.Module):
         else:
             zc = torch.cat([z.to(c.dtype), c], dim=1)
         h = self.fc(zc).reshape(-1, self.ngf, 4, 4)  # [B, 8g, 4, 4]
+        # In the layout of the convolutions (train.channels_last): NCHW activations would
+        # meet channels_last weights and be converted at every layer, forward and backward.
+        h = h.contiguous(memory_format=memory_format_of(self.body))
         if not self.film:
             return self.body(h), mu, logvar
         for i, block in enumerate(self.body):

@@ -19,7 +19,13 @@ from stackgan.networks import (
     d_condition,
     init_weights,
 )
-from stackgan.networks.blocks import Bottleneck, UncondLogits, UpBlock
+from stackgan.networks.blocks import (
+    Bottleneck,
+    UncondLogits,
+    UpBlock,
+    is_channels_last,
+    set_fused_upsampling,
+)
 
 ARCHES = ("paper", "pytorch")
 
@@ -484,3 +490,53 @@ def test_bf16_autocast_and_channels_last(arch):
     loss = sum(t.float().sum() for t in out2 if t is not None)
     loss.backward()  # backward through channels_last bf16 works
     assert all(p.grad is not None for p in D2.parameters())
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_fused_upsampling_matches_the_literal_blocks_in_both_layouts(layout):
+    """The fused upsample+conv3x3 equals nearest x2 then conv3x3 (values and gradients),
+    and its output keeps the input's layout."""
+    torch.manual_seed(0)
+    block = UpBlock(6, 4).to(memory_format=layout)
+    x = torch.randn(3, 6, 5, 7).contiguous(memory_format=layout).requires_grad_(True)
+    outs, grads = [], []
+    for fused in (True, False):
+        set_fused_upsampling(block, fused)
+        block.zero_grad()
+        x.grad = None
+        y = block(x)
+        (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
+        outs.append(y)
+        grads.append((x.grad.clone(), block[1][0].weight.grad.clone()))
+    assert outs[0].shape == (3, 4, 10, 14)
+    assert is_channels_last(outs[0]) == (layout == torch.channels_last)
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads[0], grads[1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_a_channels_last_stage1_generator_computes_in_channels_last(arch):
+    """Converted with .to(memory_format=channels_last), G1 keeps its activations in that
+    layout from the FC on (no per-layer conversions) and computes the same images."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg(arch)
+    G = build_networks(cfg, 1)[0].eval()
+    emb, z = torch.randn(2, cfg.text_dim), torch.randn(2, cfg.z_dim)
+    with torch.no_grad():
+        torch.manual_seed(1)  # the same CA noise draw in both calls
+        ref = G(emb, z)[0]
+        G.to(memory_format=torch.channels_last)
+        seen = []
+        hooks = [
+            m.register_forward_hook(lambda m, i, o: seen.append(is_channels_last(o)))
+            for m in G.body
+            if isinstance(m, UpBlock)
+        ]
+        torch.manual_seed(1)
+        out = G(emb, z)[0]
+    for h in hooks:
+        h.remove()
+    assert not is_channels_last(ref) and is_channels_last(out)
+    assert seen and all(seen)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
