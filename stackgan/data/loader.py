@@ -233,7 +233,8 @@ class _Stream(IterableDataset):
         lanes = max(1, self.spec.num_workers)
         worker = info.id if info is not None else 0
         steps, start = self.spec.steps_per_epoch, self.start_step
-        torch.set_num_threads(1)
+        if info is not None:  # a loader worker: leave the cores to the training process
+            torch.set_num_threads(1)
         epoch = start // steps
         while True:
             # Worker `worker` serves global steps start + worker + k * lanes; inside this

@@ -116,3 +116,16 @@ def test_workers_ignore_stop_signals_when_asked(tiny_shards):
     got += [next(it) for _ in range(4)]
     for a, b in zip(expected, got, strict=True):
         assert int(a["step"]) == int(b["step"]) and torch.equal(a["image"], b["image"])
+
+
+def test_an_in_process_stream_leaves_the_training_threads_alone(tiny_shards):
+    """num_workers 0 reads in the training process: it must not cut torch to one thread
+    (loader workers do, to leave the cores to the training)."""
+    spec = spec_from_set(tiny_shards / "train-64", batch_size=4, num_workers=0, seed=0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _take(spec, 0, 2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
