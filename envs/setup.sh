@@ -26,17 +26,16 @@ pip_install() {
 # .venv with pip. uv does not read pip's configuration, so pip's package sources (index,
 # extra indexes, find-links, CA bundle; from PIP_* variables or pip.conf) are handed to it.
 # STACKGAN_INSTALLER=pip uses pip alone; any uv failure falls back to pip.
-pip_option() {  # effective value of a pip option: PIP_* variable first, then the config files
-  local listing
-  listing=$(.venv/bin/python -m pip config list 2>/dev/null || true)
-  { printf '%s\n' "$listing" | sed -n "s/^:env:\.$1='\(.*\)'$/\1/p"
-    printf '%s\n' "$listing" | sed -n "s/^[a-z]*\.$1='\(.*\)'$/\1/p" | tail -n 1; } | head -n 1
+pip_option() {  # value of pip option $2 in `pip config list` output $1: PIP_* variable first
+  { printf '%s\n' "$1" | sed -n "s/^:env:\.$2='\(.*\)'$/\1/p"
+    printf '%s\n' "$1" | sed -n "s/^[a-z]*\.$2='\(.*\)'$/\1/p" | tail -n 1; } | head -n 1
 }
 uv_install() {
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -c envs/constraints.txt uv || return 1
-  local index extra links cert
-  index=$(pip_option index-url); extra=$(pip_option extra-index-url)
-  links=$(pip_option find-links); cert=$(pip_option cert)
+  local listing index extra links cert
+  listing=$(.venv/bin/python -m pip config list 2>/dev/null || true)
+  index=$(pip_option "$listing" index-url); extra=$(pip_option "$listing" extra-index-url)
+  links=$(pip_option "$listing" find-links); cert=$(pip_option "$listing" cert)
   (
     [ -n "$index" ] && export UV_DEFAULT_INDEX="${UV_DEFAULT_INDEX:-$index}"
     [ -n "$extra" ] && export UV_INDEX="${UV_INDEX:-$(echo $extra)}"

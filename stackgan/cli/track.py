@@ -107,7 +107,7 @@ def cmd_log_artifact(args: argparse.Namespace) -> int:
 def cmd_finish_parent(args: argparse.Namespace) -> int:
     """Log ``--metrics`` and ``--artifact`` files if given, then end the parent run with
     ``--status`` and set tag ``status``."""
-    from stackgan.tracking.parent import finish_parent_run
+    from stackgan.tracking.parent import finish_parent_run, log_parent_artifact
 
     missing = [str(p) for p in [args.metrics, *args.artifact] if p is not None and not p.is_file()]
     if missing:
@@ -115,7 +115,8 @@ def cmd_finish_parent(args: argparse.Namespace) -> int:
     if args.metrics is not None:
         cmd_log_summary(args)
     for path in args.artifact:
-        cmd_log_artifact(argparse.Namespace(**{**vars(args), "file": path}))
+        log_parent_artifact(args.tracking_uri, args.parent_run_id_file, path)
+        print(f"logged artifact {path.name}")
     run_id = finish_parent_run(args.tracking_uri, args.parent_run_id_file, args.status)
     print(f"run {run_id} {args.status}")
     return 0
