@@ -9,6 +9,7 @@ seeded noise; :class:`TwinTextEncoder` gives the noise-free embedding of any sen
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 
@@ -66,9 +67,14 @@ def _part_words(part: str) -> tuple[str, ...]:
     return BODY_WORDS if part == "body" else WING_WORDS
 
 
+@functools.lru_cache(maxsize=4096)
 def _hashed_vector(label: str, dim: int) -> np.ndarray:
+    """The fixed random vector of ``label`` (read-only and cached: a twin has a few hundred
+    distinct labels and embeds them hundreds of thousands of times)."""
     seed = int.from_bytes(hashlib.sha256(label.encode("utf-8")).digest()[:8], "little")
-    return np.random.default_rng(seed).standard_normal(dim).astype(np.float64) / np.sqrt(dim)
+    vec = np.random.default_rng(seed).standard_normal(dim).astype(np.float64) / np.sqrt(dim)
+    vec.setflags(write=False)
+    return vec
 
 
 def embed_caption(caption: str, dim: int = TEXT_DIM) -> np.ndarray:

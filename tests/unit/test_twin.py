@@ -147,3 +147,15 @@ def test_embeddings_follow_the_text():
     assert np.array_equal(a, embed_caption("this small bird has a red body and blue wings."))
     assert np.corrcoef(a, b)[0, 1] > 0.9  # same attributes, other wording
     assert np.corrcoef(a, swapped)[0, 1] < 0.5  # same words, other binding
+
+
+def test_embeddings_are_pinned_and_calls_cannot_change_later_ones():
+    # The twin encoder's output is part of every twin's bytes (TWIN_ENCODER_VERSION "1"):
+    # this digest was computed before the per-label vectors were cached.
+    caption = "this small bird has a red body and blue wings."
+    first = embed_caption(caption)
+    assert hashlib.sha256(first.tobytes()).hexdigest() == (
+        "abfa68532fc8834e06609ed5ec3f1a53dfca04d49c5af8fb3de1bf6963bc9ef9"
+    )
+    first += 1.0  # a caller's in-place change must not reach the cached label vectors
+    assert np.array_equal(embed_caption(caption) + 1.0, first)
