@@ -423,3 +423,46 @@ def test_a_work_directory_resumes_only_the_run_that_wrote_it(tiny_shards, tmp_pa
     fresh, resumed = read_network(tmp_path / "other.pt"), read_network(tmp_path / "longer.pt")
     assert fresh.step == resumed.step == 6 and fresh.config["loss"]["kl_weight"] == 0.5
     assert any(not torch.equal(fresh.G[k], resumed.G[k]) for k in resumed.G)
+
+
+def test_a_run_ending_on_an_evaluation_point_reuses_its_standing_statistics_snapshot(
+    tiny_shards, tmp_path, monkeypatch
+):
+    from stackgan.training import loop
+
+    calls: list[int] = []
+    real_snapshot = loop._Trainer.snapshot
+
+    def counting_snapshot(self, standing):
+        calls.append(1)
+        return real_snapshot(self, standing)
+
+    monkeypatch.setattr(loop._Trainer, "snapshot", counting_snapshot)
+    nets = {}
+    for every in (4, 3):  # the last step (8) is a grid point, or it is not
+        cfg = from_dict(
+            RunConfig,
+            run_config(1, max_steps=8, ema_beta=0.9, ema_bn="standing", sample_every=every),
+        )
+        torch.manual_seed(0)
+        stage = build_stage(cfg)
+        steps, make = _batches(tiny_shards / "train-64", cfg)
+        calls.clear()
+        training_loop(
+            cfg=cfg,
+            stage=stage,
+            make_data=make,
+            steps_per_epoch=steps,
+            workdir=tmp_path / f"w{every}",
+            out_network=tmp_path / f"n{every}.pt",
+            info=DistInfo(),
+            grid_embeddings=torch.randn(2, cfg.model.text_dim),
+            bn_embeddings=torch.randn(16, cfg.model.text_dim),
+        )
+        nets[every] = read_network(tmp_path / f"n{every}.pt")
+        # steps 4 and 8 (the final snapshot is step 8's); steps 3, 6 and the final one
+        assert len(calls) == (2 if every == 4 else 3)
+    # the reused snapshot is the one a fresh recomputation gives, to the bit
+    assert nets[4].G_ema.keys() == nets[3].G_ema.keys()
+    for key, value in nets[3].G_ema.items():
+        assert torch.equal(nets[4].G_ema[key], value), key
