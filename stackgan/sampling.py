@@ -46,9 +46,15 @@ class Sampler(nn.Module):
 
     @classmethod
     def load(
-        cls, path: str | Path, *, use_ema: bool = True, device: torch.device | str = "cpu"
+        cls,
+        path: str | Path,
+        *,
+        use_ema: bool = True,
+        device: torch.device | str = "cpu",
+        channels_last: bool = False,
     ) -> Sampler:
-        """Load a network file; ``use_ema`` picks the EMA generator when the file has one."""
+        """Load a network file; ``use_ema`` picks the EMA generator when the file has one;
+        ``channels_last`` puts the generators (and so their activations) in that layout."""
         net = read_network(path)
         stage = int(net.stage)
         model = net.model_config(prefix="network model")
@@ -63,7 +69,10 @@ class Sampler(nn.Module):
             g2, _ = build_networks(model, 2)
             g2.load_state_dict(weights)
         meta = {"path": str(path), "stage": stage, "step": net.step, "weights": weights_name}
-        return cls(stage, model, g1, g2, meta).to(device)
+        sampler = cls(stage, model, g1, g2, meta).to(device)
+        if channels_last:
+            sampler = sampler.to(memory_format=torch.channels_last)
+        return sampler
 
     @property
     def trained(self) -> nn.Module:

@@ -246,6 +246,8 @@ def eval_args(wildcards, input):
         args.append(f"--max-images {EVAL.max_images}")
     if not EVAL.use_ema:
         args.append("--no-ema")
+    if EVAL.channels_last:
+        args.append("--channels-last")
     if EVAL.require_metrics:
         args.append("--require-metrics")
     if HAVE_WEIGHTS:

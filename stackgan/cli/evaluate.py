@@ -168,6 +168,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     proto.add_argument(
         "--no-ema", action="store_true", help="use G even when the file holds an EMA G"
     )
+    proto.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="generate in the channels_last layout (faster on CPU; other float rounding)",
+    )
     proto.add_argument("--is-splits", type=int, default=_DEFAULTS.is_splits)
     proto.add_argument("--kid-subsets", type=int, default=_DEFAULTS.kid_subsets)
     proto.add_argument("--kid-subset-size", type=int, default=_DEFAULTS.kid_subset_size)
@@ -188,7 +193,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     from stackgan.evaluation.run import EvalOptions, TrackingOptions, evaluate
 
     protocol = Protocol(
-        args.captions_per_image, args.max_images, args.batch_size, args.seed, not args.no_ema
+        args.captions_per_image,
+        args.max_images,
+        args.batch_size,
+        args.seed,
+        not args.no_ema,
+        args.channels_last,
     )
     options = EvalOptions(
         real_stats=args.real_stats,

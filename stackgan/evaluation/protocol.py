@@ -27,6 +27,7 @@ class Protocol:
     batch_size: int = EvalConfig.batch_size
     seed: int = EvalConfig.seed
     use_ema: bool = EvalConfig.use_ema
+    channels_last: bool = EvalConfig.channels_last  # generators' memory layout
 
 
 @dataclass

@@ -120,7 +120,7 @@ def load_inputs(
         classifier = load_classifier(options.attribute_classifier)
     else:
         skipped["conditional_accuracy"] = "no attribute classifier (synthetic twin only)"
-    sampler = Sampler.load(network, use_ema=protocol.use_ema)
+    sampler = Sampler.load(network, use_ema=protocol.use_ema, channels_last=protocol.channels_last)
     requests = load_requests(index, protocol)
     return EvalInputs(sampler, requests, extractor, classifier, real, real_meta, skipped)
 

@@ -108,6 +108,19 @@ def test_evaluate_end_to_end_with_test_extractor(
     assert not np.array_equal(
         h5py.File(tmp_path / "seed" / "activations.h5")["features"][:], before
     )
+    # channels_last generation: the protocol records it, the images agree to float rounding
+    run(
+        python_cmd(
+            *_eval_args(
+                network, tiny_shards, tmp_path / "cl", "--test-extractor", "--channels-last"
+            )
+        )
+    )
+    assert json.loads((tmp_path / "cl" / "metrics.json").read_text())["protocol"]["channels_last"]
+    assert result["protocol"]["channels_last"] is False
+    np.testing.assert_allclose(
+        h5py.File(tmp_path / "cl" / "activations.h5")["features"][:], before, rtol=0, atol=1e-4
+    )
 
 
 def test_without_weights_metrics_are_skipped_or_required(
