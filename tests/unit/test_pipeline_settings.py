@@ -317,3 +317,16 @@ def test_data_text_encoder_keys_its_own_data_and_checks_its_file(tmp_path):
 def test_time_left_is_read_from_squeue_format(text, seconds):
     """squeue -o %L prints [days-]hours:minutes:seconds, minutes:seconds or seconds."""
     assert parse_time_left(text) == seconds
+
+
+def test_the_benchmark_configs_resolve_over_their_preset():
+    # bench/quality.yaml is merged over the demo preset: a demo change must not make it
+    # invalid (e.g. the demo's Stage-II reusing fakes beside the bench's mode-seeking term)
+    from stackgan.config import RunConfig
+
+    bench = yaml.safe_load((PRESET_DIR.parents[2] / "bench" / "quality.yaml").read_text())
+    s = resolve(bench)
+    for stage in (1, 2):
+        cfg = from_dict(RunConfig, s.run_configs[stage])
+        assert cfg.loss.mode_seeking == 1.0 and cfg.g_step_fakes == "redraw"
+    assert s.run_configs[1]["train"]["max_steps"] == 7000
