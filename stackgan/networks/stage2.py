@@ -30,6 +30,14 @@ from stackgan.networks.conditioning import CaNoise, CondAugment
 SKIP_CLAMP = 0.99  # |Stage-I pixel| limit before atanh (model.stage2_skip)
 
 
+def skip_base(stage1_img: torch.Tensor, size: int) -> torch.Tensor:
+    """The image a ``model.stage2_skip`` generator refines: the Stage-I image [B, 3, 64, 64]
+    upsampled (bilinear) to [B, 3, size, size], in float32. With
+    ``model.stage2_zero_init`` Stage-II starts as exactly this image (pixels clamped to
+    +-``SKIP_CLAMP``)."""
+    return F.interpolate(stage1_img.float(), size=(size, size), mode="bilinear")
+
+
 class Stage2Generator(nn.Module):
     """Stage-II G: encode the 64x64 image to 16x16, join the tiled CA code, residual
     blocks, four up-blocks to 256x256; no new z.
@@ -106,8 +114,7 @@ class Stage2Generator(nn.Module):
         if not self.skip:
             return self.decode(h), mu, logvar
         pre = self.decode[:-1](h)  # [B, 3, 256, 256] before the final tanh
-        base = F.interpolate(stage1_img.float(), size=pre.shape[-2:], mode="bilinear")
-        base = torch.atanh(base.clamp(-SKIP_CLAMP, SKIP_CLAMP))
+        base = torch.atanh(skip_base(stage1_img, pre.shape[-1]).clamp(-SKIP_CLAMP, SKIP_CLAMP))
         return torch.tanh(pre.float() + base).to(pre.dtype), mu, logvar
 
 

@@ -26,6 +26,7 @@ from stackgan.networks.blocks import (
     is_channels_last,
     set_fused_upsampling,
 )
+from stackgan.networks.stage2 import skip_base
 
 ARCHES = ("paper", "pytorch")
 
@@ -251,6 +252,7 @@ def test_stage2_zero_init_starts_as_the_upsampled_stage1_image(arch):
     out, _, _ = G_zero.train()(low, torch.randn(3, tiny_cfg(arch).text_dim))
     up = F.interpolate(low, size=256, mode="bilinear").clamp(-0.99, 0.99)
     torch.testing.assert_close(out, up, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(skip_base(low, 256).clamp(-0.99, 0.99), up, rtol=0, atol=0)
     default_out, _, _ = G_default.train()(low, torch.randn(3, tiny_cfg(arch).text_dim))
     assert (default_out - up).abs().mean() > 1e-2  # the default init does recolour it
     with pytest.raises(ConfigError, match=r"model\.stage2_zero_init"):

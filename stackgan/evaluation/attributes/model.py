@@ -17,6 +17,33 @@ ATTRIBUTES = ("body", "wing")
 CLASSIFIER_FORMAT = "stackgan-attribute-classifier/2"  # /2: reads at 32 px
 
 
+#: how a 256 px image is reduced to the classifier's 64 px (``read_back``): the protocol's
+#: ``bilinear_aa``, and two alternatives that ``bench/bench_stage2_readback.py`` compares
+READ_BACKS = ("bilinear_aa", "bicubic_aa", "area")
+
+
+def read_back(images: torch.Tensor, mode: str = "bilinear_aa") -> torch.Tensor:
+    """Images [B, 3, S, S] in [-1, 1] reduced to [B, 3, 64, 64] as the classifier reads them.
+
+    ``bilinear_aa`` (the evaluation protocol): antialiased bilinear; ``bicubic_aa``:
+    antialiased bicubic, the filter that made the twin's 64 px images from its 256 px ones
+    (PIL bicubic), clamped to [-1, 1]; ``area``: the mean of each (S/64)-pixel block, so an
+    image whose blocks are constant reads back to exactly the 64 px image. 64 px images
+    pass unchanged.
+    """
+    if mode not in READ_BACKS:
+        raise ValueError(f"read-back must be one of {READ_BACKS}, got {mode!r}")
+    if images.shape[-2:] == (64, 64):
+        return images
+    if mode == "area":
+        if images.shape[-1] % 64 or images.shape[-2] != images.shape[-1]:
+            raise ValueError(f"area read-back needs square multiples of 64 px, got {images.shape}")
+        return F.avg_pool2d(images, images.shape[-1] // 64)
+    method = "bilinear" if mode == "bilinear_aa" else "bicubic"
+    out = F.interpolate(images, size=(64, 64), mode=method, align_corners=False, antialias=True)
+    return out if mode == "bilinear_aa" else out.clamp(-1, 1)
+
+
 class AttributeClassifier(nn.Module):
     """Small CNN: 64x64 RGB in [-1, 1] (read at 32 px) -> logits for body and wing colour."""
 
@@ -49,11 +76,7 @@ class AttributeClassifier(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(penultimate features [B, 4w], body logits, wing logits); 256 px input is resized."""
-        if x.shape[-1] != 64 or x.shape[-2] != 64:
-            x = F.interpolate(
-                x, size=(64, 64), mode="bilinear", align_corners=False, antialias=True
-            )
-        h = self.features(x)
+        h = self.features(read_back(x))
         return h, self.body(h), self.wing(h)
 
 
@@ -106,9 +129,11 @@ def predict(model: AttributeClassifier, images: torch.Tensor, batch_size: int = 
 __all__ = [
     "ATTRIBUTES",
     "CLASSIFIER_FORMAT",
+    "READ_BACKS",
     "AttributeClassifier",
     "centre",
     "load_classifier",
     "predict",
+    "read_back",
     "save_classifier",
 ]
