@@ -17,7 +17,12 @@ how close each read-back is to the way the data's 64 px images were made.
 
     python bench/bench_stage2_readback.py --help
     python bench/bench_stage2_readback.py --data results/data/twin-<key> \\
-        --network results/demo/stage2/network-final.pt --channels-last --out bench-out/readback
+        --network results/demo/stage2/network-final.pt \\
+        --eval-metrics results/demo/eval/stage2/metrics.json --out bench-out/readback
+
+``--eval-metrics`` takes the protocol (captions, batch size, noise seed, layout) from that
+final evaluation, so the images are the evaluation's own and the protocol's row
+(``bilinear_aa``) repeats its Stage-II accuracy.
 """
 
 from __future__ import annotations
@@ -139,6 +144,20 @@ def _print(name: str, res: dict[str, Any]) -> None:
         )
 
 
+def _protocol_of(metrics_json: Path) -> Any:
+    """The evaluation protocol recorded in a final evaluation's ``metrics.json``."""
+    import json
+    from dataclasses import fields
+
+    from stackgan.evaluation.protocol import Protocol
+
+    try:
+        recorded = json.loads(metrics_json.read_text())["protocol"]
+        return Protocol(**{f.name: recorded[f.name] for f in fields(Protocol)})
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"{metrics_json}: no evaluation protocol in it ({exc!r})") from exc
+
+
 def main(argv: list[str] | None = None) -> int:
     from stackgan.config import EvalConfig
 
@@ -151,7 +170,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--network", type=Path, action="append", required=True, help="a Stage-II network file"
     )
+    p.add_argument(
+        "--eval-metrics",
+        type=Path,
+        help="a final evaluation's metrics.json: use its protocol (overrides the flags below)",
+    )
     p.add_argument("--captions-per-image", type=int, default=EvalConfig.captions_per_image)
+    p.add_argument("--batch-size", type=int, default=EvalConfig.batch_size)
     p.add_argument("--seed", type=int, default=EvalConfig.seed, help="the protocol's noise seed")
     p.add_argument("--channels-last", action="store_true", help="the protocol's eval.channels_last")
     p.add_argument("--threads", type=int, default=2)
@@ -166,11 +191,15 @@ def main(argv: list[str] | None = None) -> int:
         if not path.is_file():
             raise SystemExit(f"{path}: no such file")
     torch.set_num_threads(args.threads)
-    protocol = Protocol(
-        captions_per_image=args.captions_per_image,
-        seed=args.seed,
-        channels_last=args.channels_last,
-    )
+    if args.eval_metrics is not None:
+        protocol = _protocol_of(args.eval_metrics)
+    else:
+        protocol = Protocol(
+            captions_per_image=args.captions_per_image,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            channels_last=args.channels_last,
+        )
     classifier = load_classifier(args.data / "attribute_classifier.pt")
     print(f"machine: {machine()}")
     report: dict[str, Any] = {"machine": machine(), "protocol": vars(protocol), "networks": {}}
