@@ -48,29 +48,38 @@ def _predict(classifier: torch.nn.Module, images: torch.Tensor, mode: str) -> np
 
 def real_images(data: Path, classifier: torch.nn.Module) -> dict[str, dict[str, float]]:
     """Per read-back: agreement of the decisions on the real 256 px test images with those on
-    their 64 px versions, and the mean absolute pixel difference of the two 64 px images."""
+    their 64 px versions, and the mean absolute pixel difference of the two 64 px images.
+    Streams both sets batch by batch (they are in the same index order)."""
     from stackgan.data.imagesets import iter_real_images
     from stackgan.evaluation.attributes.model import READ_BACKS, predict, read_back
 
     shards = data / "shards"
-    low = torch.cat(list(iter_real_images(shards / "test-64", 64)))
-    high = torch.cat(list(iter_real_images(shards / "test-256", 256)))
-    if low.shape[0] != high.shape[0]:
-        raise SystemExit(f"{shards}: {low.shape[0]} 64 px test images but {high.shape[0]} at 256")
+    agree = {m: np.zeros(2) for m in READ_BACKS}
+    abs_diff = dict.fromkeys(READ_BACKS, 0.0)
+    n = values = 0
+    batches = zip(
+        iter_real_images(shards / "test-64", 64),
+        iter_real_images(shards / "test-256", 256),
+        strict=True,  # a set with more images than the other is an error
+    )
     with torch.no_grad():
-        want = predict(classifier, low)
-    out: dict[str, dict[str, float]] = {}
-    for mode in READ_BACKS:
-        with torch.no_grad():
-            read = read_back(high, mode)
-            got = predict(classifier, read)
-        out[mode] = {
-            "body_agreement": float((got[:, 0] == want[:, 0]).mean()),
-            "wing_agreement": float((got[:, 1] == want[:, 1]).mean()),
-            "pixel_mae": float((read - low).abs().mean()),
-            "images": int(low.shape[0]),
+        for low, high in batches:
+            want = predict(classifier, low)
+            for mode in READ_BACKS:
+                read = read_back(high, mode)
+                agree[mode] += (predict(classifier, read) == want).sum(axis=0)
+                abs_diff[mode] += float((read - low).abs().sum())
+            n += low.shape[0]
+            values += low.numel()
+    return {
+        mode: {
+            "body_agreement": float(agree[mode][0] / n),
+            "wing_agreement": float(agree[mode][1] / n),
+            "pixel_mae": abs_diff[mode] / values,
+            "images": n,
         }
-    return out
+        for mode in READ_BACKS
+    }
 
 
 def stage2_against_stage1(
@@ -79,7 +88,7 @@ def stage2_against_stage1(
     """Stage-I and Stage-II accuracies and the paired counts of Stage-II and of the skip base."""
     from tqdm import tqdm
 
-    from stackgan.evaluation.attributes.model import READ_BACKS
+    from stackgan.evaluation.attributes.model import READ_BACKS, predict
     from stackgan.evaluation.attributes.paired import paired_changes
     from stackgan.evaluation.attributes.score import accuracy, attribute_labels
     from stackgan.evaluation.protocol import load_requests
@@ -100,7 +109,7 @@ def stage2_against_stage1(
         samples = sampler.sample_chunk(requests.embeddings[start:stop], chunk, protocol.seed)
         low = samples.stage1.float()
         high = samples.final.float()
-        stage1.append(_predict(classifier, low, "area"))  # 64 px: every mode is the identity
+        stage1.append(predict(classifier, low))
         upsampled = skip_base(low, high.shape[-1])
         for mode in READ_BACKS:
             final[mode].append(_predict(classifier, high, mode))
