@@ -179,9 +179,19 @@ class LossConfig:
     # squared input gradient on (real image, matching text) pairs x gamma / 2, so D cannot
     # sharpen around the training images
     r1_gamma: float = 0.0
+    # Stage-II only, not in the paper (0 = off; needs a 'paper' Stage-I network file that
+    # kept its D): weight of a second adversarial term on G2, the trained and frozen Stage-I
+    # D judging each Stage-II fake read back to 64 px (antialiased bilinear) with its caption,
+    # so Stage-II gets a text-matching signal from its first step
+    stage1_critic: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.kl_weight >= 0, "loss.kl_weight", f"must be >= 0, got {self.kl_weight}")
+        _check(
+            self.stage1_critic >= 0,
+            "loss.stage1_critic",
+            f"must be >= 0, got {self.stage1_critic}",
+        )
         _check(self.r1_gamma >= 0, "loss.r1_gamma", f"must be >= 0, got {self.r1_gamma}")
         _check(
             0 <= self.text_interpolation <= 0.5,

@@ -9,6 +9,8 @@ loads with ``torch.load(..., weights_only=True)``. Its keys, in this order:
 * ``G``: the trained generator's state dict; ``G_ema``: its EMA (``None`` without EMA; with
   ``ema_bn=standing`` it holds the recomputed BatchNorm statistics);
 * ``provenance``: data-manifest hash, world size, ...;
+* Stage-I only: ``D`` (the trained discriminator's state dict, which a Stage-II run can use
+  as a frozen 64 px critic: ``loss.stage1_critic``; files written before it lack the key);
 * Stage-II only: ``stage1`` (path, sha256, step of the Stage-I file it was trained from),
   ``stage1_model`` (that file's model config) and ``G1`` (the frozen Stage-I generator,
   including the reference's drifted BatchNorm statistics when that option was on).
@@ -33,8 +35,9 @@ NETWORK_FORMAT = "stackgan-network/1"
 
 StateDict = dict[str, torch.Tensor]
 
-#: the keys written only for Stage-II, in file order
-_STAGE2_KEYS = ("stage1", "stage1_model", "G1")
+#: the optional keys written after ``provenance``, in file order (``D``: Stage-I only; the
+#: others: Stage-II only)
+_OPTIONAL_KEYS = ("D", "stage1", "stage1_model", "G1")
 
 
 @dataclass
@@ -48,6 +51,7 @@ class NetworkFile:
     config: dict[str, Any] | None = None
     G_ema: StateDict | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    D: StateDict | None = None
     stage1: dict[str, Any] | None = None
     stage1_model: dict[str, Any] | None = None
     G1: StateDict | None = None
@@ -65,7 +69,7 @@ class NetworkFile:
             "G_ema": self.G_ema,
             "provenance": self.provenance,
         }
-        for key in _STAGE2_KEYS:
+        for key in _OPTIONAL_KEYS:
             if getattr(self, key) is not None:
                 payload[key] = getattr(self, key)
         return payload
@@ -81,6 +85,7 @@ class NetworkFile:
             config=payload.get("config"),
             G_ema=payload.get("G_ema"),
             provenance=payload.get("provenance") or {},
+            D=payload.get("D"),
             stage1=payload.get("stage1"),
             stage1_model=payload.get("stage1_model"),
             G1=payload.get("G1"),
@@ -102,6 +107,12 @@ class NetworkFile:
         if self.G1 is None:
             raise KeyError("G1")
         return self.G1
+
+    def discriminator_weights(self) -> StateDict:
+        """Stage-I: the trained D's state dict (``KeyError`` if the file has none)."""
+        if self.D is None:
+            raise KeyError("D")
+        return self.D
 
     def generator_weights(self, use_ema: bool = True) -> tuple[StateDict, str]:
         """(state dict, ``"G_ema"`` or ``"G"``): the EMA weights when asked for and present."""

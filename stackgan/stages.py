@@ -64,6 +64,7 @@ class Stage:
     D: nn.Module
     frozen_g1: nn.Module | None = None
     frozen_bn_train: bool = False  # reproduce the reference's train-mode BN drift of Stage-I
+    critic: nn.Module | None = None  # Stage-II: the frozen Stage-I D (loss.stage1_critic)
     extra_payload: dict[str, Any] = field(default_factory=dict)  # saved into the network file
 
     def generate(self, G: nn.Module, emb: torch.Tensor, z: torch.Tensor) -> GenOut:
@@ -86,13 +87,17 @@ class Stage:
         """Move every network to ``device`` (in ``memory_format``); returns the stage."""
         self.G.to(device=device, memory_format=memory_format)
         self.D.to(device=device, memory_format=memory_format)
-        if self.frozen_g1 is not None:
-            self.frozen_g1.to(device=device, memory_format=memory_format)
+        for frozen in (self.frozen_g1, self.critic):
+            if frozen is not None:
+                frozen.to(device=device, memory_format=memory_format)
         return self
 
     def network_payload(self) -> dict[str, Any]:
-        """Extra entries for the network file: Stage-II stores its (possibly drifted) Stage-I G."""
+        """Extra entries for the network file: Stage-I stores its D (a later Stage-II's
+        ``loss.stage1_critic``), Stage-II its (possibly drifted) Stage-I G."""
         payload = dict(self.extra_payload)
+        if self.number == 1:
+            payload["D"] = cpu_state(self.D)
         if self.frozen_g1 is not None:
             payload["G1"] = cpu_state(self.frozen_g1)
         return payload
@@ -148,6 +153,37 @@ def load_stage1_generator(
     return freeze(g1), info
 
 
+def load_stage1_critic(path: str | Path) -> nn.Module:
+    """The trained Stage-I D of a Stage-I network file, frozen and in eval mode (its BatchNorm
+    uses the running statistics of its training): ``loss.stage1_critic``.
+
+    Raises:
+        ConfigError: the file has no D (written before Stage-I files kept it), or its D
+            is conditioned on G's mu rather than on the text embedding.
+    """
+    path = Path(path)
+    try:
+        net = read_network(path)
+        weights = net.discriminator_weights()
+    except CheckpointError as err:
+        raise ConfigError(f"stage1_generator: {err}") from err
+    except KeyError:
+        raise ConfigError(
+            f"loss.stage1_critic: {path} has no Stage-I discriminator (a file written before "
+            "Stage-I network files kept their D): retrain Stage-I, or set loss.stage1_critic: 0"
+        ) from None
+    model = net.model_config(prefix="stage1 network model")
+    if model.arch != "paper":
+        raise ConfigError(
+            f"loss.stage1_critic: {path} is a '{model.arch}' Stage-I whose D is conditioned on "
+            "its generator's mu; the critic needs a 'paper' Stage-I (D conditioned on the text "
+            "embedding), or loss.stage1_critic: 0"
+        )
+    _, d1 = build_networks(model, 1)
+    d1.load_state_dict(weights)
+    return freeze(d1).eval()
+
+
 def build_stage(cfg: RunConfig, stage1_generator: str | Path | None = None) -> Stage:
     """Build the networks of ``cfg.stage``; Stage-II requires the Stage-I network file."""
     G, D = build_networks(cfg.model, cfg.stage)
@@ -166,6 +202,7 @@ def build_stage(cfg: RunConfig, stage1_generator: str | Path | None = None) -> S
         D,
         frozen_g1=g1,
         frozen_bn_train=cfg.train.frozen_stage1_bn == "train",
+        critic=load_stage1_critic(stage1_generator) if cfg.loss.stage1_critic > 0 else None,
         extra_payload={
             "stage1": {k: v for k, v in info.items() if k != "model"},
             "stage1_model": info["model"],

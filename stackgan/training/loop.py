@@ -269,6 +269,7 @@ class _Trainer:
             autocast=self.autocast,
             d_no_sync=self.d_frozen,
             augment=self.augment if self.cfg.train.d_augment else (lambda x: x),
+            critic=self.stage.critic,
         )
 
     def autocast(self) -> contextlib.AbstractContextManager:

@@ -10,7 +10,9 @@ code on meta tensors. Optimiser steps, EMA and logging stay with the caller.
   BatchNorm statistics); otherwise the references' separate passes, back-propagated one
   at a time so that only one D graph is alive.
 * :func:`g_loss_terms`: D frozen by the caller; non-saturating loss + ``kl_weight`` x KL
-  (+ ``stage_consistency`` x the Stage-II L1 tie to the Stage-I image). With
+  (+ ``stage_consistency`` x the Stage-II L1 tie to the Stage-I image, + ``stage1_critic``
+  x the non-saturating loss of the frozen Stage-I D on the Stage-II fakes read back to
+  64 px). With
   ``loss.text_interpolation`` part of the fakes are drawn for caption midpoints (GAN-INT).
 
 With ``train.d_augment`` D sees every image through the same differentiable
@@ -27,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from stackgan.config import LossConfig, ModelConfig
@@ -57,6 +60,7 @@ class StepContext:
             separate D backward passes and the G step's D forward do not all-reduce.
         augment: applied to every image batch before D sees it, in the D and the G step
             (``train.d_augment``; the identity by default).
+        critic: Stage-II with ``loss.stage1_critic``: the frozen Stage-I D.
     """
 
     model: ModelConfig
@@ -65,6 +69,7 @@ class StepContext:
     autocast: ContextFactory = field(default=contextlib.nullcontext)
     d_no_sync: ContextFactory = field(default=contextlib.nullcontext)
     augment: Callable[[torch.Tensor], torch.Tensor] = field(default=lambda x: x)
+    critic: nn.Module | None = None
 
 
 def _zeros(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -243,4 +248,21 @@ def g_loss_terms(
             consistency = stage_consistency_loss(fake, low)
             loss = loss + ctx.loss.stage_consistency * consistency
             parts["stage_consistency"] = consistency
+        if low is not None and ctx.critic is not None and ctx.loss.stage1_critic > 0:
+            critic = stage1_critic_loss(ctx.critic, ctx, fake, emb, low.shape[-1])
+            loss = loss + ctx.loss.stage1_critic * critic
+            parts["stage1_critic"] = critic
     return loss, parts
+
+
+def stage1_critic_loss(
+    critic: nn.Module, ctx: StepContext, fake: torch.Tensor, emb: torch.Tensor, size: int
+) -> torch.Tensor:
+    """The non-saturating G loss of the frozen Stage-I D on Stage-II fakes [B, 3, S, S] read
+    back to ``size`` px (antialiased bilinear), through ``ctx.augment``, with their captions'
+    embeddings (a 'paper' Stage-I D is conditioned on the embedding)."""
+    low_view = F.interpolate(
+        fake, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    )
+    out = critic(ctx.augment(low_view), emb)
+    return g_loss(out.logits, out.uncond_logits, uncond_weight=ctx.loss.uncond_weight)

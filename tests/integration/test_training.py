@@ -14,7 +14,7 @@ import torch
 from stackgan.config import ConfigError, RunConfig, from_dict
 from stackgan.distributed import DistInfo
 from stackgan.networkfile import read_network
-from stackgan.stages import build_stage
+from stackgan.stages import build_stage, load_stage1_critic
 from stackgan.training.control import NonFiniteLossError
 from stackgan.training.loop import training_loop
 from stackgan.training.schedule import check_runtime_config, learning_rates
@@ -109,6 +109,61 @@ def test_stage2_keeps_stage1_frozen(stage1_network, tiny_shards, tmp_path, froze
     net2 = read_network(tmp_path / "n2.pt")
     assert net2.stage == 2 and net2.G1 is not None and net2.stage1["sha256"]
     assert "G1" in net2.to_payload()
+
+
+def test_stage1_critic_is_the_frozen_stage1_d_and_changes_stage2(
+    stage1_network, tiny_shards, tmp_path
+):
+    """loss.stage1_critic: Stage-II loads the Stage-I file's D, frozen and in eval mode, never
+    changes it, logs the term every step, and trains another G2 than without it."""
+    d1 = read_network(stage1_network[0]).discriminator_weights()
+    raw = {**run_config(2, max_steps=3), "loss": {"stage1_critic": 1.0}}
+    cfg = from_dict(RunConfig, raw)
+    stage = build_stage(cfg, stage1_network[0])
+    assert stage.critic is not None and not stage.critic.training
+    assert all(not p.requires_grad for p in stage.critic.parameters())
+    steps, make = _batches(tiny_shards / "train-256", cfg)
+    training_loop(
+        cfg=cfg,
+        stage=stage,
+        make_data=make,
+        steps_per_epoch=steps,
+        workdir=tmp_path / "direct",
+        out_network=tmp_path / "direct.pt",
+        info=DistInfo(),
+    )
+    after = stage.critic.state_dict()
+    assert all(torch.equal(v, after[k].cpu()) for k, v in d1.items())
+    assert build_stage(from_dict(RunConfig, run_config(2)), stage1_network[0]).critic is None
+
+    finals = {}
+    for weight in (0.0, 1.0):
+        work = tmp_path / f"w{weight}"
+        conf = write_config(tmp_path / f"{weight}.yaml", {**raw, "loss": {"stage1_critic": weight}})
+        extra = ("--stage1-generator", str(stage1_network[0]))
+        run(python_cmd(*train_args(conf, tiny_shards / "train-256", work, work / "n.pt", *extra)))
+        rows = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == [1, 2, 3]
+        assert all(("stage1_critic" in r) == (weight > 0) for r in rows)
+        if weight > 0:
+            assert all(math.isfinite(r["stage1_critic"]) and r["stage1_critic"] > 0 for r in rows)
+        finals[weight] = read_network(work / "n.pt").G
+    assert any(not torch.equal(v, finals[1.0][k]) for k, v in finals[0.0].items())
+
+
+def test_stage1_critic_needs_a_paper_stage1_file_that_kept_its_d(stage1_network, tmp_path):
+    from dataclasses import replace
+
+    from stackgan.networkfile import write_network
+
+    cfg = from_dict(RunConfig, {**run_config(2), "loss": {"stage1_critic": 1.0}})
+    net = read_network(stage1_network[0])
+    write_network(tmp_path / "old.pt", replace(net, D=None))
+    with pytest.raises(ConfigError, match=r"loss.stage1_critic: .*old.pt has no Stage-I discrim"):
+        build_stage(cfg, tmp_path / "old.pt")
+    write_network(tmp_path / "pt.pt", replace(net, model={**net.model, "arch": "pytorch"}))
+    with pytest.raises(ConfigError, match=r"loss.stage1_critic: .*pt.pt is a 'pytorch' Stage-I"):
+        load_stage1_critic(tmp_path / "pt.pt")
 
 
 def test_non_finite_loss_names_the_step(tiny_shards, tmp_path):

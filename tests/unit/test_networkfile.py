@@ -51,13 +51,18 @@ def test_round_trip_keeps_keys_order_and_tensors(tmp_path):
 
 
 def test_stage1_file_has_no_stage2_keys_and_old_minimal_files_load(tmp_path):
-    write_network(tmp_path / "a.pt", NetworkFile(stage=1, model=to_dict(TINY), G={}))
-    assert "G1" not in torch.load(tmp_path / "a.pt", weights_only=True)
+    d = {"w": torch.randn(2)}
+    write_network(tmp_path / "a.pt", NetworkFile(stage=1, model=to_dict(TINY), G={}, D=d))
+    raw = torch.load(tmp_path / "a.pt", weights_only=True)
+    assert "G1" not in raw and list(raw)[-2:] == ["provenance", "D"]
+    assert torch.equal(read_network(tmp_path / "a.pt").discriminator_weights()["w"], d["w"])
     save({"format": NETWORK_FORMAT, "stage": 1, "model": to_dict(TINY), "G": {}}, tmp_path / "b.pt")
     old = read_network(tmp_path / "b.pt")
     assert old.step is None and old.G_ema is None and old.provenance == {}
     with pytest.raises(KeyError):
         old.stage1_weights()
+    with pytest.raises(KeyError):
+        old.discriminator_weights()
     save({"format": "something-else"}, tmp_path / "c.pt")
     with pytest.raises(CheckpointError, match="expected a 'stackgan-network/1' file"):
         read_network(tmp_path / "c.pt")

@@ -222,3 +222,38 @@ def test_d_update_adds_the_r1_penalty_of_the_real_pairs_and_trains_d_on_it(joint
     for got, w in zip(extra, [w for w in want if w is not None], strict=True):
         torch.testing.assert_close(got, w, rtol=1e-4, atol=1e-6)
     assert any(bool(e.abs().sum() > 0) for e in extra)
+
+
+def test_g_loss_adds_the_frozen_stage1_critic_on_the_fakes_read_back_to_64_px():
+    """loss.stage1_critic: + weight x the non-saturating loss of the Stage-I D on the Stage-II
+    fakes reduced to the Stage-I size (antialiased bilinear), with their captions; the
+    gradient reaches the fakes through the critic; no critic, no term."""
+    import torch.nn.functional as F
+
+    from stackgan.losses import g_loss
+
+    torch.manual_seed(0)
+    model = ModelConfig(arch="paper", **TINY)
+    _, D2 = build_networks(model, 2)
+    _, critic = build_networks(model, 1)
+    D2.eval(), critic.eval().requires_grad_(False)
+    real = torch.randn(4, 3, 256, 256)
+    low = torch.randn(4, 3, 64, 64)
+    emb, mu, logvar = torch.randn(4, 32), torch.zeros(4, 16), torch.zeros(4, 16)
+    grads, losses = {}, {}
+    for name, weight, crit in [("off", 0.0, critic), ("none", 2.0, None), ("on", 2.0, critic)]:
+        fake = torch.randn(4, 3, 256, 256, generator=torch.Generator().manual_seed(1))
+        fake.requires_grad_(True)
+        ctx = StepContext(model=model, loss=LossConfig(stage1_critic=weight), critic=crit)
+        loss, parts = g_loss_terms(D2, ctx, real, fake, emb, mu, logvar, low, None)
+        loss.backward()
+        losses[name], grads[name] = (loss.detach(), parts), fake.grad.clone()
+    assert "stage1_critic" not in losses["off"][1] and "stage1_critic" not in losses["none"][1]
+    torch.testing.assert_close(losses["none"][0], losses["off"][0])
+    fake = torch.randn(4, 3, 256, 256, generator=torch.Generator().manual_seed(1))
+    view = F.interpolate(fake, size=(64, 64), mode="bilinear", align_corners=False, antialias=True)
+    want = g_loss(critic(view, emb).logits)
+    torch.testing.assert_close(losses["on"][1]["stage1_critic"], want)
+    torch.testing.assert_close(losses["on"][0], losses["off"][0] + 2.0 * want)
+    assert not torch.allclose(grads["on"], grads["off"])
+    assert all(p.grad is None for p in critic.parameters())
