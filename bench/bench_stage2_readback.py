@@ -7,9 +7,10 @@ image for image against the Stage-I image of the same request, the colour decisi
 went from right to wrong (lost) and from wrong to right (won), with the sign test:
 
 * of the Stage-II image;
-* of the Stage-I image upsampled to 256 px as the Stage-II skip does (``skip_base``: what a
-  Stage-II that refines nothing would be; with ``model.stage2_zero_init`` it is where
-  Stage-II starts): the changes that the upsampling and the read-back make by themselves;
+* of the Stage-I image upsampled to 256 px as the network's Stage-II skip does (``skip_base``
+  with its ``model.stage2_skip_base``: what a Stage-II that refines nothing would be; with
+  ``model.stage2_zero_init`` it is where Stage-II starts): the changes that the upsampling
+  and the read-back make by themselves;
 
 under each read-back of ``READ_BACKS``. It also reads the real test images at 256 px and
 compares them with their 64 px versions (decision agreement, mean pixel error), which shows
@@ -92,12 +93,14 @@ def stage2_against_stage1(
     from stackgan.evaluation.attributes.paired import paired_changes
     from stackgan.evaluation.attributes.score import accuracy, attribute_labels
     from stackgan.evaluation.protocol import load_requests
+    from stackgan.networkfile import read_network
     from stackgan.networks.stage2 import skip_base
     from stackgan.sampling import Sampler, chunks
 
     sampler = Sampler.load(network, use_ema=protocol.use_ema, channels_last=protocol.channels_last)
     if sampler.stage != 2:
         raise SystemExit(f"{network}: a Stage-{sampler.stage} network; this needs Stage-II")
+    skip_mode = read_network(network).model_config().stage2_skip_base
     requests = load_requests(data / "shards" / "test-index.h5", protocol)
     wanted = attribute_labels(requests.captions)
     stage1: list[np.ndarray] = []
@@ -110,7 +113,7 @@ def stage2_against_stage1(
         low = samples.stage1.float()
         high = samples.final.float()
         stage1.append(predict(classifier, low))
-        upsampled = skip_base(low, high.shape[-1])
+        upsampled = skip_base(low, high.shape[-1], skip_mode)
         for mode in READ_BACKS:
             final[mode].append(_predict(classifier, high, mode))
             base[mode].append(_predict(classifier, upsampled, mode))

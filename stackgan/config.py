@@ -26,6 +26,7 @@ CaNonlinearity = Literal["relu", "leaky_relu"]
 MismatchMode = Literal["shift", "class_aware", "hard"]
 Amp = Literal["fp32", "bf16", "fp16", "auto"]
 BnMode = Literal["per_rank", "sync"]
+SkipBase = Literal["bilinear", "backprojected"]
 FrozenBn = Literal["eval", "train"]
 GStepFakes = Literal["reuse", "redraw"]
 EmaBn = Literal["copy", "standing"]
@@ -86,6 +87,11 @@ class ModelConfig(_ResolvedEquality):
     # starts at zero, so the untrained G returns exactly the upsampled Stage-I image instead
     # of a randomly recoloured one (docs/benchmarks.md, eleventh round)
     stage2_zero_init: bool = False
+    # Not in the paper (needs stage2_skip): the upsampled Stage-I image that Stage-II G
+    # refines. bilinear: plain bilinear upsampling, whose 64 px view (antialiased bilinear)
+    # is a blurred Stage-I image; backprojected: bilinear refined by iterative
+    # back-projection (Irani & Peleg, 1991), so its 64 px view is the Stage-I image
+    stage2_skip_base: SkipBase = "bilinear"
     # Not in the paper: Stage-I G modulates every up-sampling block's output with the CA
     # condition, h * (1 + gamma(c)) + beta(c) (FiLM), instead of seeing the text only at 4x4
     g_text_film: bool = False
@@ -120,6 +126,16 @@ class ModelConfig(_ResolvedEquality):
             self.stage2_skip or not self.stage2_zero_init,
             "model.stage2_zero_init",
             "needs model.stage2_skip: true (it zeroes the refinement added to the Stage-I image)",
+        )
+        _check(
+            self.stage2_skip_base in get_args(SkipBase),
+            "model.stage2_skip_base",
+            f"expected one of {get_args(SkipBase)}, got {self.stage2_skip_base!r}",
+        )
+        _check(
+            self.stage2_skip or self.stage2_skip_base == "bilinear",
+            "model.stage2_skip_base",
+            "needs model.stage2_skip: true (it is the image that Stage-II refines)",
         )
         _check(self.gf_dim % 8 == 0, "model.gf_dim", f"must be a multiple of 8, got {self.gf_dim}")
         if self.arch == "pytorch":

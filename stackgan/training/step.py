@@ -29,7 +29,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from stackgan.config import LossConfig, ModelConfig
@@ -43,6 +42,7 @@ from stackgan.losses import (
 )
 from stackgan.networks import d_condition
 from stackgan.networks.blocks import DOutput
+from stackgan.networks.stage2 import downsample
 
 ContextFactory = Callable[[], contextlib.AbstractContextManager]
 
@@ -261,8 +261,5 @@ def stage1_critic_loss(
     """The non-saturating G loss of the frozen Stage-I D on Stage-II fakes [B, 3, S, S] read
     back to ``size`` px (antialiased bilinear), through ``ctx.augment``, with their captions'
     embeddings (a 'paper' Stage-I D is conditioned on the embedding)."""
-    low_view = F.interpolate(
-        fake, size=(size, size), mode="bilinear", align_corners=False, antialias=True
-    )
-    out = critic(ctx.augment(low_view), emb)
+    out = critic(ctx.augment(downsample(fake, size)), emb)
     return g_loss(out.logits, out.uncond_logits, uncond_weight=ctx.loss.uncond_weight)

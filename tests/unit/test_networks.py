@@ -259,6 +259,35 @@ def test_stage2_zero_init_starts_as_the_upsampled_stage1_image(arch):
         tiny_cfg(arch, stage2_zero_init=True)
 
 
+def test_backprojected_skip_base_reads_back_as_its_stage1_image():
+    """model.stage2_skip_base: backprojected: downsampling the base (antialiased bilinear,
+    the protocol's read-back) returns the Stage-I image, where the bilinear base returns a
+    blurred one; a zero-initialised G starts exactly at the (clamped) backprojected base."""
+    from stackgan.networks.stage2 import downsample
+
+    torch.manual_seed(3)
+    smooth = F.interpolate(torch.rand(4, 3, 16, 16) * 1.8 - 0.9, size=64, mode="bilinear")
+    noise = torch.rand(4, 3, 64, 64) * 1.8 - 0.9  # white noise converges more slowly
+    for low, factor in ((smooth, 0.01), (noise, 0.15)):
+        plain = (downsample(skip_base(low, 256), 64) - low).abs().mean()
+        back = (downsample(skip_base(low, 256, "backprojected"), 64) - low).abs().mean()
+        assert back < factor * plain, (float(back), float(plain))
+    cfg = tiny_cfg(
+        "paper", stage2_skip=True, stage2_zero_init=True, stage2_skip_base="backprojected"
+    )
+    G, _ = build_networks(cfg, 2)
+    out, _, _ = G.train()(smooth, torch.randn(4, cfg.text_dim))
+    want = skip_base(smooth, 256, "backprojected").clamp(-0.99, 0.99)
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+    assert (out - skip_base(smooth, 256).clamp(-0.99, 0.99)).abs().max() > 1e-3
+    with pytest.raises(ConfigError, match=r"model\.stage2_skip_base"):
+        tiny_cfg("paper", stage2_skip_base="backprojected")
+    with pytest.raises(ConfigError, match=r"model\.stage2_skip_base"):
+        tiny_cfg("paper", stage2_skip=True, stage2_skip_base="nearest")
+    with pytest.raises(ValueError, match="skip base"):
+        skip_base(smooth, 256, "nearest")  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("arch", ARCHES)
 def test_text_film_modulates_every_up_block_with_the_condition(arch):
     """model.g_text_film: after each up-sampling block h -> h * (1 + gamma(c)) + beta(c);

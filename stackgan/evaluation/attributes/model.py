@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stackgan.data.imagesets import to_float_images
+from stackgan.networks.stage2 import downsample
 from stackgan.text.twin import COLOUR_NAMES
 
 ATTRIBUTES = ("body", "wing")
@@ -39,9 +40,10 @@ def read_back(images: torch.Tensor, mode: str = "bilinear_aa") -> torch.Tensor:
         if images.shape[-1] % 64 or images.shape[-2] != images.shape[-1]:
             raise ValueError(f"area read-back needs square multiples of 64 px, got {images.shape}")
         return F.avg_pool2d(images, images.shape[-1] // 64)
-    method = "bilinear" if mode == "bilinear_aa" else "bicubic"
-    out = F.interpolate(images, size=(64, 64), mode=method, align_corners=False, antialias=True)
-    return out if mode == "bilinear_aa" else out.clamp(-1, 1)
+    if mode == "bilinear_aa":
+        return downsample(images, 64)
+    out = F.interpolate(images, size=(64, 64), mode="bicubic", align_corners=False, antialias=True)
+    return out.clamp(-1, 1)
 
 
 class AttributeClassifier(nn.Module):
