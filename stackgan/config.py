@@ -26,7 +26,7 @@ CaNonlinearity = Literal["relu", "leaky_relu"]
 MismatchMode = Literal["shift", "class_aware", "hard"]
 Amp = Literal["fp32", "bf16", "fp16", "auto"]
 BnMode = Literal["per_rank", "sync"]
-SkipBase = Literal["bilinear", "backprojected"]
+SkipBase = Literal["bilinear", "projected"]
 FrozenBn = Literal["eval", "train"]
 GStepFakes = Literal["reuse", "redraw"]
 EmaBn = Literal["copy", "standing"]
@@ -89,8 +89,8 @@ class ModelConfig(_ResolvedEquality):
     stage2_zero_init: bool = False
     # Not in the paper (needs stage2_skip): the upsampled Stage-I image that Stage-II G
     # refines. bilinear: plain bilinear upsampling, whose 64 px view (antialiased bilinear)
-    # is a blurred Stage-I image; backprojected: bilinear refined by iterative
-    # back-projection (Irani & Peleg, 1991), so its 64 px view is the Stage-I image
+    # is a blurred Stage-I image; projected: bilinear plus the least-squares correction
+    # that makes its 64 px view the Stage-I image
     stage2_skip_base: SkipBase = "bilinear"
     # Not in the paper: Stage-I G modulates every up-sampling block's output with the CA
     # condition, h * (1 + gamma(c)) + beta(c) (FiLM), instead of seeing the text only at 4x4

@@ -7,6 +7,8 @@ Layer tables: docs/architecture.md.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,7 +30,6 @@ from stackgan.networks.blocks import (
 from stackgan.networks.conditioning import CaNoise, CondAugment
 
 SKIP_CLAMP = 0.99  # |Stage-I pixel| limit before atanh (model.stage2_skip)
-BACKPROJECTION_STEPS = 10  # iterations of model.stage2_skip_base: backprojected
 
 
 def downsample(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -39,26 +40,40 @@ def downsample(images: torch.Tensor, size: int) -> torch.Tensor:
     )
 
 
+@functools.lru_cache(maxsize=8)
+def _projection_matrices(low: int, high: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per axis (both operators are separable), in float64: ``M = D U`` [low, low] (bilinear
+    up, then :func:`downsample`) and ``P = D^T (D D^T)^-1`` [high, low], the minimum-norm
+    right inverse of ``D`` [low, high]."""
+    eye_low = torch.eye(low, dtype=torch.float64)[:, None, :, None].expand(low, 1, low, low)
+    up = F.interpolate(eye_low, size=(high, high), mode="bilinear")[:, 0, :, 0].T
+    eye_high = torch.eye(high, dtype=torch.float64)[:, None, :, None]
+    down = downsample(eye_high.expand(high, 1, high, high).contiguous(), low)[:, 0, :, 0].T
+    return down @ up, down.T @ torch.linalg.inv(down @ down.T)
+
+
 def skip_base(stage1_img: torch.Tensor, size: int, mode: SkipBase = "bilinear") -> torch.Tensor:
     """The image a ``model.stage2_skip`` generator refines: the Stage-I image [B, 3, 64, 64]
     upsampled to [B, 3, size, size], in float32. With ``model.stage2_zero_init`` Stage-II
     starts as exactly this image (pixels clamped to +-``SKIP_CLAMP``).
 
-    ``bilinear``: plain bilinear upsampling; its :func:`downsample` is a blurred Stage-I
-    image. ``backprojected``: that upsampling corrected ``BACKPROJECTION_STEPS`` times by
-    the upsampled residual of its own downsampling (iterative back-projection, Irani &
-    Peleg 1991), so ``downsample(base, 64)`` is the Stage-I image (mean abs. error ~3e-4)
-    and an unchanged copy reads as its Stage-I image.
+    ``bilinear``: plain bilinear upsampling ``U x``; its :func:`downsample` ``D U x`` is a
+    blurred Stage-I image. ``projected``: ``U x`` plus the least-squares (minimum-norm)
+    correction that makes its downsample the Stage-I image, ``U x + D^+ (x - D U x)`` with
+    ``D^+`` the pseudo-inverse of ``D``: an unchanged copy reads back as its Stage-I image
+    (to float rounding, before the clamp).
     """
     low = stage1_img.float()
     base = F.interpolate(low, size=(size, size), mode="bilinear")
-    if mode == "backprojected":
-        for _ in range(BACKPROJECTION_STEPS):
-            residual = low - downsample(base, low.shape[-1])
-            base = base + F.interpolate(residual, size=(size, size), mode="bilinear")
-    elif mode != "bilinear":
-        raise ValueError(f"skip base must be 'bilinear' or 'backprojected', got {mode!r}")
-    return base
+    if mode == "bilinear":
+        return base
+    if mode != "projected":
+        raise ValueError(f"skip base must be 'bilinear' or 'projected', got {mode!r}")
+    m, p = (
+        t.to(device=low.device, dtype=low.dtype) for t in _projection_matrices(low.shape[-1], size)
+    )
+    residual = low - m @ low @ m.T  # x - D U x, separably
+    return base + p @ residual @ p.T
 
 
 class Stage2Generator(nn.Module):
