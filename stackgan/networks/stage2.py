@@ -72,8 +72,9 @@ def skip_base(stage1_img: torch.Tensor, size: int, mode: SkipBase = "bilinear") 
     m, p = (
         t.to(device=low.device, dtype=low.dtype) for t in _projection_matrices(low.shape[-1], size)
     )
-    residual = low - m @ low @ m.T  # x - D U x, separably
-    return base + p @ residual @ p.T
+    with torch.autocast(low.device.type, enabled=False):  # float32 even in a bf16/fp16 step
+        residual = low - m @ low @ m.T  # x - D U x, separably
+        return base + p @ residual @ p.T
 
 
 class Stage2Generator(nn.Module):

@@ -280,6 +280,8 @@ def test_projected_skip_base_reads_back_as_its_stage1_image():
         projected = skip_base(low, 256, "projected")
         assert plain > 1e-2
         torch.testing.assert_close(downsample(projected, 64), low, atol=2e-5, rtol=0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # as in a bf16 training step
+            torch.testing.assert_close(skip_base(low, 256, "projected"), projected)
         # the least change: the correction has no part in the null space of the read-back
         correction = (projected - skip_base(low, 256)).double()
         assert float((null.T @ correction).abs().max()) < 1e-4
