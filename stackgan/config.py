@@ -92,6 +92,11 @@ class ModelConfig(_ResolvedEquality):
     # is a blurred Stage-I image; projected: bilinear plus the least-squares correction
     # that makes its 64 px view the Stage-I image
     stage2_skip_base: SkipBase = "bilinear"
+    # Not in the paper: Stage-II G's output is projected so that its 64 px view (antialiased
+    # bilinear, the evaluation protocol's read-back) is exactly the Stage-I image, as the
+    # Consistency Enforcing Module of Bahat & Michaeli (2020): Stage-II adds detail above the
+    # 64 px band and cannot change Stage-I's layout or colours there
+    stage2_exact_consistency: bool = False
     # Not in the paper: Stage-I G modulates every up-sampling block's output with the CA
     # condition, h * (1 + gamma(c)) + beta(c) (FiLM), instead of seeing the text only at 4x4
     g_text_film: bool = False
@@ -136,6 +141,12 @@ class ModelConfig(_ResolvedEquality):
             self.stage2_skip or self.stage2_skip_base == "bilinear",
             "model.stage2_skip_base",
             "needs model.stage2_skip: true (it is the image that Stage-II refines)",
+        )
+        _check(
+            self.stage2_skip or not self.stage2_exact_consistency,
+            "model.stage2_exact_consistency",
+            "needs model.stage2_skip: true (it corrects a refinement of the Stage-I image; a "
+            "redrawn image can be too far from it for a correction inside [-1, 1])",
         )
         _check(self.gf_dim % 8 == 0, "model.gf_dim", f"must be a multiple of 8, got {self.gf_dim}")
         if self.arch == "pytorch":

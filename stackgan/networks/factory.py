@@ -45,6 +45,7 @@ def build_generator(model_cfg: ModelConfig, stage: int) -> nn.Module:
             ca_nonlinearity=m.resolved_ca_nonlinearity,
             skip=m.stage2_skip,
             skip_base=m.stage2_skip_base,
+            exact_consistency=m.stage2_exact_consistency,
         )
     raise ValueError(f"stage must be 1 or 2, got {stage}")
 

@@ -52,6 +52,14 @@ def _projection_matrices(low: int, high: int) -> tuple[torch.Tensor, torch.Tenso
     return down @ up, down.T @ torch.linalg.inv(down @ down.T)
 
 
+@functools.lru_cache(maxsize=8)
+def _projection_matrices_on(
+    low: int, high: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_projection_matrices` in float32 on ``device``, converted once per device."""
+    return tuple(t.to(device=device, dtype=torch.float32) for t in _projection_matrices(low, high))
+
+
 def skip_base(stage1_img: torch.Tensor, size: int, mode: SkipBase = "bilinear") -> torch.Tensor:
     """The image a ``model.stage2_skip`` generator refines: the Stage-I image [B, 3, 64, 64]
     upsampled to [B, 3, size, size], in float32. With ``model.stage2_zero_init`` Stage-II
@@ -69,12 +77,22 @@ def skip_base(stage1_img: torch.Tensor, size: int, mode: SkipBase = "bilinear") 
         return base
     if mode != "projected":
         raise ValueError(f"skip base must be 'bilinear' or 'projected', got {mode!r}")
-    m, p = (
-        t.to(device=low.device, dtype=low.dtype) for t in _projection_matrices(low.shape[-1], size)
-    )
+    m, p = _projection_matrices_on(low.shape[-1], size, low.device)
     with torch.autocast(low.device.type, enabled=False):  # float32 even in a bf16/fp16 step
         residual = low - m @ low @ m.T  # x - D U x, separably
         return base + p @ residual @ p.T
+
+
+def enforce_consistency(high: torch.Tensor, stage1_img: torch.Tensor) -> torch.Tensor:
+    """``model.stage2_exact_consistency``: the Stage-II image [B, 3, S, S] plus the
+    minimum-norm correction that makes its :func:`downsample` the Stage-I image [B, 3, s, s],
+    ``y + D^+ (x - D y)`` (the Consistency Enforcing Module of Bahat & Michaeli, 2020),
+    clamped to [-1, 1]; float32 even in a bf16/fp16 step, whose rounding would undo it.
+    Only pixels the clamp cuts keep a read-back error; differentiable in ``high``."""
+    y, x = high.float(), stage1_img.float()
+    _, p = _projection_matrices_on(x.shape[-1], y.shape[-1], y.device)
+    with torch.autocast(y.device.type, enabled=False):
+        return (y + p @ (x - downsample(y, x.shape[-1])) @ p.T).clamp(-1.0, 1.0)
 
 
 class Stage2Generator(nn.Module):
@@ -94,6 +112,8 @@ class Stage2Generator(nn.Module):
             :func:`skip_base` to 256 px (clamped to +-0.99 before atanh), so an untrained
             G already returns the Stage-I image; no extra parameters.
         skip_base: the :func:`skip_base` mode (``model.stage2_skip_base``).
+        exact_consistency: pass the output through :func:`enforce_consistency`, so that
+            read back at 64 px it is the Stage-I image (``model.stage2_exact_consistency``).
     """
 
     def __init__(
@@ -108,12 +128,14 @@ class Stage2Generator(nn.Module):
         ca_noise: CaNoise = "normal",
         skip: bool = False,
         skip_base: SkipBase = "bilinear",
+        exact_consistency: bool = False,
     ) -> None:
         super().__init__()
         check_arch(arch)
         self.arch = arch
         self.skip = skip
         self.skip_mode = skip_base
+        self.exact_consistency = exact_consistency
         g = gf_dim
         self.ca = CondAugment(
             text_dim, cond_dim, ca_nonlinearity, log_sigma=arch == "paper", noise=ca_noise
@@ -154,11 +176,15 @@ class Stage2Generator(nn.Module):
         h = torch.cat([x, tile(c.to(x.dtype), x.shape[-1])], dim=1)  # [B, 4g+cond, 16, 16]
         h = self.residual(self.joint(h))  # [B, 4g, 16, 16]
         if not self.skip:
-            return self.decode(h), mu, logvar
-        pre = self.decode[:-1](h)  # [B, 3, 256, 256] before the final tanh
-        up = skip_base(stage1_img, pre.shape[-1], self.skip_mode)
-        base = torch.atanh(up.clamp(-SKIP_CLAMP, SKIP_CLAMP))
-        return torch.tanh(pre.float() + base).to(pre.dtype), mu, logvar
+            img = self.decode(h)
+        else:
+            pre = self.decode[:-1](h)  # [B, 3, 256, 256] before the final tanh
+            up = skip_base(stage1_img, pre.shape[-1], self.skip_mode)
+            base = torch.atanh(up.clamp(-SKIP_CLAMP, SKIP_CLAMP))
+            img = torch.tanh(pre.float() + base).to(pre.dtype)
+        if self.exact_consistency:  # float32: bf16 rounding would undo the projection
+            img = enforce_consistency(img, stage1_img)
+        return img, mu, logvar
 
 
 class Stage2Discriminator(nn.Module):

@@ -583,3 +583,52 @@ def test_a_channels_last_stage1_generator_computes_in_channels_last(arch):
     assert not is_channels_last(ref) and is_channels_last(out)
     assert seen and all(seen)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_exact_consistency_keeps_the_stage1_image_at_64px_and_adds_detail_above_it():
+    """model.stage2_exact_consistency: whatever the refinement, the Stage-II image read back
+    at 64 px (the protocol's antialiased bilinear) is its Stage-I image, in fp32 and under
+    bf16 autocast; the correction is the least one (nothing in the read-back's null space),
+    so the refinement's detail above the 64 px band survives; gradients reach G."""
+    from scipy.linalg import null_space
+
+    from stackgan.networks.stage2 import downsample, enforce_consistency
+
+    base = dict(stage2_skip=True, stage2_zero_init=True, stage2_skip_base="projected")
+    torch.manual_seed(5)
+    free, _ = build_networks(tiny_cfg("paper", **base), 2)
+    exact, _ = build_networks(tiny_cfg("paper", stage2_exact_consistency=True, **base), 2)
+    last = free.decode[-2]
+    with torch.no_grad():  # a small refinement, as after some training
+        last.weight.normal_(0.0, 0.02)
+    exact.load_state_dict(free.state_dict())
+    low = F.interpolate(torch.rand(4, 3, 16, 16) * 1.6 - 0.8, size=64, mode="bilinear")
+    emb = torch.randn(4, tiny_cfg("paper").text_dim)
+    torch.manual_seed(1)
+    y, _, _ = free.train()(low, emb)
+    torch.manual_seed(1)
+    out, _, _ = exact.train()(low, emb)
+    assert (downsample(y, 64) - low).abs().mean() > 1e-3  # the free refinement moved it
+    assert out.dtype == torch.float32 and out.abs().max() < 1.0  # nothing clamped here
+    torch.testing.assert_close(downsample(out, 64), low, atol=2e-5, rtol=0)
+    torch.testing.assert_close(out, enforce_consistency(y, low))
+    # the least correction: out - y lies in the row space of the read-back, per axis
+    basis = torch.eye(256, dtype=torch.float64)[:, None, :, None].expand(256, 1, 256, 256)
+    null = torch.from_numpy(null_space(downsample(basis.contiguous(), 64)[:, 0, :, 0].T.numpy()))
+    correction = (out - y).detach().double()
+    assert float((null.T @ correction).abs().max()) < 1e-4
+    assert float((correction @ null).abs().max()) < 1e-4
+    # ... so the detail above 64 px is the refinement's
+    detail = (out - enforce_consistency(skip_base(low, 256, "projected"), low)).abs().mean()
+    assert detail > 1e-3
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half, _, _ = exact.train()(low, emb)
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(downsample(half, 64), low, atol=2e-5, rtol=0)
+    half.square().mean().backward()
+    assert last.weight.grad is None and exact.decode[-2].weight.grad.abs().sum() > 0
+    # where the correction would leave [-1, 1] the clamp cuts it, and the error stays
+    far = enforce_consistency(torch.zeros(1, 3, 256, 256), torch.full((1, 3, 64, 64), 0.999))
+    assert far.max() == 1.0 and (downsample(far, 64) - 0.999).abs().max() > 1e-4
+    with pytest.raises(ConfigError, match=r"model\.stage2_exact_consistency"):
+        tiny_cfg("paper", stage2_exact_consistency=True)

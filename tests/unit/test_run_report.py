@@ -79,7 +79,12 @@ def test_stacking_verdict_says_whether_a_loss_is_more_than_chance() -> None:
     )
     # No loss: good, and no sentence about chance.
     level, text = rr.stacking_verdict({"body": 0.0, "wing": 0.01}, paired)
-    assert level == "good" and "chance" not in text, text
+    assert level == "good" and "chance" not in text and "kept every" not in text, text
+    # Nothing moved (model.stage2_exact_consistency): said so.
+    unmoved = {f"{a}_{k}": 0.0 for a in ("body", "wing") for k in ("lost", "won")}
+    unmoved.update(body_sign_p=1.0, wing_sign_p=1.0)
+    level, text = rr.stacking_verdict({"body": 0.0, "wing": 0.0}, unmoved)
+    assert level == "good" and "kept every colour decision" in text, text
 
 
 def test_inception_verdict_names_the_paper_numbers_at_256_px() -> None:
