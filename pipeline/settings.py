@@ -162,7 +162,9 @@ def schema_errors(config: dict[str, Any]) -> list[str]:
 
 def stage_run_config(config: dict[str, Any], stage: int) -> dict[str, Any]:
     """The run config of one stage (validated by the training dataclasses), as a dict:
-    ``stage<N>`` overrides ``train``, and its ``loss`` sub-section overrides ``loss``."""
+    ``stage<N>`` overrides ``train``, and its ``loss`` sub-section overrides ``loss``; the
+    options only Stage-II reads stay at their defaults in Stage-I's (``RunConfig.for_its_stage``),
+    so that changing one reruns Stage-II alone."""
     overrides = dict(config.get(f"stage{stage}") or {})
     loss_overrides = overrides.pop("loss", None) or {}
     loss = deep_merge(config.get("loss", {}), loss_overrides)
@@ -173,7 +175,7 @@ def stage_run_config(config: dict[str, Any], stage: int) -> dict[str, Any]:
         "train": deep_merge(config.get("train", {}), overrides),
     }
     try:
-        return to_dict(from_dict(RunConfig, raw))
+        return to_dict(from_dict(RunConfig, raw).for_its_stage())
     except ConfigError as err:
         where = ""
         if str(err).startswith("train"):

@@ -466,6 +466,21 @@ class RunConfig(_ResolvedEquality):
     def _resolved_fields(self) -> dict[str, Any]:
         return {"train": {"caption_mode": self.caption_mode, "g_step_fakes": self.g_step_fakes}}
 
+    def for_its_stage(self) -> RunConfig:
+        """This config with the fields that its stage never reads at their defaults (in a
+        Stage-I config: :data:`STAGE2_ONLY_FIELDS`), so that changing a Stage-II option
+        changes, and reruns, Stage-II alone."""
+        if self.stage != 1:
+            return self
+        reset = {
+            section: dataclasses.replace(
+                getattr(self, section),
+                **{k: getattr(default, k) for k in STAGE2_ONLY_FIELDS[section]},
+            )
+            for section, default in (("model", ModelConfig()), ("loss", LossConfig()))
+        }
+        return dataclasses.replace(self, **reset)
+
     @classmethod
     def from_yaml(cls, path: str) -> RunConfig:
         """Load and validate a run config file (unknown keys are errors)."""
@@ -479,6 +494,13 @@ class RunConfig(_ResolvedEquality):
             return from_dict(cls, data)
         except ConfigError as err:
             raise ConfigError(f"{path}: {err}") from err
+
+
+# Options that only Stage-II reads (a Stage-I run config carries their defaults)
+STAGE2_ONLY_FIELDS: dict[str, tuple[str, ...]] = {
+    "model": ("stage2_skip", "stage2_zero_init", "stage2_skip_base", "stage2_exact_consistency"),
+    "loss": ("stage_consistency", "stage1_critic"),
+}
 
 
 # --------------------------------------------------------------------------- helpers

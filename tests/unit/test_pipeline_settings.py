@@ -105,6 +105,35 @@ def test_a_stage_loss_section_overrides_the_shared_loss_of_that_stage_only():
     assert two["train"]["seed"] == 9 and "loss" not in two["train"]
 
 
+def test_a_stage2_only_option_changes_the_stage2_run_config_alone():
+    """Stage-I's run config (what decides whether Stage-I reruns) carries the defaults of the
+    options only Stage-II reads, so changing one reruns Stage-II alone; a shared option
+    still changes both."""
+    from stackgan.config import STAGE2_ONLY_FIELDS, LossConfig, ModelConfig
+
+    base = resolve({"preset": "demo"})
+    changed = resolve(
+        {
+            "preset": "demo",
+            "model": {"stage2_skip_base": "bilinear", "stage2_exact_consistency": False},
+            "loss": {"stage_consistency": 5.0, "stage1_critic": 1.0},
+        }
+    )
+    assert changed.run_configs[1] == base.run_configs[1]
+    assert changed.run_configs[2] != base.run_configs[2]
+    assert base.run_configs[2]["model"]["stage2_exact_consistency"] is True  # the demo's
+    two = changed.run_configs[2]
+    assert two["loss"]["stage1_critic"] == 1.0 and two["model"]["stage2_skip_base"] == "bilinear"
+    one = base.run_configs[1]
+    for section, default in (("model", ModelConfig()), ("loss", LossConfig())):
+        for key in STAGE2_ONLY_FIELDS[section]:  # Stage-I's are the defaults, not the demo's
+            assert one[section][key] == getattr(default, key), (section, key)
+    assert one["model"]["stage2_skip"] is False and base.run_configs[2]["model"]["stage2_skip"]
+    shared = resolve({"preset": "demo", "model": {"cond_dim": 32}})
+    assert shared.run_configs[1] != base.run_configs[1]
+    assert shared.run_configs[2] != base.run_configs[2]
+
+
 def test_a_stage_loss_section_is_checked_like_the_shared_one():
     with pytest.raises(PipelineConfigError, match=r"stage2\.loss: Additional properties .*'r1'"):
         resolve({"preset": "smoke", "stage2": {"loss": {"r1": 1.0}}})

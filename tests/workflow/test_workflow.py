@@ -836,6 +836,20 @@ def test_a_changed_stage2_setting_retrains_stage2_from_step_0(smoke_run: Path) -
     stage1 = yaml.safe_load((run / "stage1/run_config.yaml").read_text())
     assert stage1["loss"]["stage_consistency"] == 0.0
     assert (run / "stage1/network-final.pt").read_bytes() == stage1_before
+    # The shared loss section too: an option that only Stage-II reads reruns Stage-II alone.
+    dry = snakemake(
+        smoke_run,
+        "-n",
+        "--profile",
+        str(LOCAL_PROFILE),
+        "--config",
+        "preset=smoke",
+        *own,
+        "loss={stage_consistency: 2.0}",
+    )
+    assert dry.returncode == 0, tail(dry)
+    trains = [j for j in dry_run_jobs(dry.output) if j["rule"] == "train_stage"]
+    assert [j["wildcards"].get("stage") for j in trains] == ["2"], trains
 
 
 def smoke_variant(work: Path, *config: str) -> subprocess.CompletedProcess:
