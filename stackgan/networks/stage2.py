@@ -83,16 +83,38 @@ def skip_base(stage1_img: torch.Tensor, size: int, mode: SkipBase = "bilinear") 
         return base + p @ residual @ p.T
 
 
-def enforce_consistency(high: torch.Tensor, stage1_img: torch.Tensor) -> torch.Tensor:
+CONSISTENCY_ITERATIONS = 10  # most alternating projections of enforce_consistency
+
+
+def enforce_consistency(
+    high: torch.Tensor, stage1_img: torch.Tensor, iterations: int = CONSISTENCY_ITERATIONS
+) -> torch.Tensor:
     """``model.stage2_exact_consistency``: the Stage-II image [B, 3, S, S] plus the
     minimum-norm correction that makes its :func:`downsample` the Stage-I image [B, 3, s, s],
     ``y + D^+ (x - D y)`` (the Consistency Enforcing Module of Bahat & Michaeli, 2020),
-    clamped to [-1, 1]; float32 even in a bf16/fp16 step, whose rounding would undo it.
-    Only pixels the clamp cuts keep a read-back error; differentiable in ``high``."""
+    clamped to [-1, 1]. Where the clamp cuts, the read-back is no longer exact, so those
+    images alternate the two projections (onto the consistent images, onto [-1, 1]: POCS)
+    up to ``iterations`` times in all, which brings them as close as [-1, 1] allows. The
+    gradient is the first projection's (the later ones pass it straight through). Float32
+    even in a bf16/fp16 step, whose rounding would undo it."""
     y, x = high.float(), stage1_img.float()
     _, p = _projection_matrices_on(x.shape[-1], y.shape[-1], y.device)
+
+    def project(img: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (img + p @ (target - downsample(img, target.shape[-1])) @ p.T).clamp(-1.0, 1.0)
+
     with torch.autocast(y.device.type, enabled=False):
-        return (y + p @ (x - downsample(y, x.shape[-1])) @ p.T).clamp(-1.0, 1.0)
+        y = project(y, x)
+        with torch.no_grad():
+            z, moved = y.detach(), False
+            for _ in range(iterations - 1):
+                cut = (z.abs() >= 1.0).flatten(1).any(dim=1).nonzero().flatten()
+                if cut.numel() == 0:
+                    break
+                z, moved = z.index_copy(0, cut, project(z[cut], x[cut])), True
+        if not moved:
+            return y
+        return y + (z - y.detach()) if y.requires_grad else z
 
 
 class Stage2Generator(nn.Module):
