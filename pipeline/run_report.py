@@ -130,8 +130,8 @@ def stacking_verdict(deltas: dict[str, float], paired: dict[str, float]) -> tupl
     counted = [a for a in deltas if f"{a}_lost" in paired and f"{a}_won" in paired]
     if counted and not any(paired[f"{a}_lost"] or paired[f"{a}_won"] for a in counted):
         said += (
-            " Stage-II kept every colour decision of its Stage-I image (as it must with "
-            "model.stage2_exact_consistency)."
+            " Stage-II kept every colour decision of its Stage-I image (with "
+            "model.stage2_exact_consistency it does so by construction)."
         )
     losses = [a for a, d in deltas.items() if d < 0]
     if not losses:

@@ -203,7 +203,9 @@ class Stage2Generator(nn.Module):
             pre = self.decode[:-1](h)  # [B, 3, 256, 256] before the final tanh
             up = skip_base(stage1_img, pre.shape[-1], self.skip_mode)
             base = torch.atanh(up.clamp(-SKIP_CLAMP, SKIP_CLAMP))
-            img = torch.tanh(pre.float() + base).to(pre.dtype)
+            img = torch.tanh(pre.float() + base)
+            if not self.exact_consistency:  # that one takes it in float32 as it is
+                img = img.to(pre.dtype)
         if self.exact_consistency:  # float32: bf16 rounding would undo the projection
             img = enforce_consistency(img, stage1_img)
         return img, mu, logvar
