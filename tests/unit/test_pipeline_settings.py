@@ -358,4 +358,4 @@ def test_the_benchmark_configs_resolve_over_their_preset():
     for stage in (1, 2):
         cfg = from_dict(RunConfig, s.run_configs[stage])
         assert cfg.loss.mode_seeking == 1.0 and cfg.g_step_fakes == "redraw"
-    assert s.run_configs[1]["train"]["max_steps"] == 7000
+    assert s.run_configs[1]["train"]["max_steps"] == 6000
