@@ -260,6 +260,8 @@ def plot(results: dict[int, dict[str, list[dict[str, float]]]], path: Path) -> N
             ax.set_xlabel("step")
             if ax.lines:
                 ax.legend(fontsize=7)
+            else:  # e.g. Stage-I has no stage consistency
+                ax.axis("off")
     fig.suptitle("test-split captions (dashed: chance)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
