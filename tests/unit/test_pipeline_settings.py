@@ -358,5 +358,7 @@ def test_the_benchmark_configs_resolve_over_their_preset():
     for stage in (1, 2):
         cfg = from_dict(RunConfig, s.run_configs[stage])
         assert cfg.loss.mode_seeking == 1.0 and cfg.g_step_fakes == "redraw"
+        # the measured recipe keeps half the demo's contrastive weight (nineteenth round)
+        assert cfg.loss.contrastive == 0.5
     assert s.run_configs[1]["train"]["max_steps"] == 6000
     assert s.run_configs[2]["train"]["max_steps"] == 300
