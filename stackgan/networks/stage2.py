@@ -41,23 +41,30 @@ def downsample(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=8)
-def _projection_matrices(low: int, high: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per axis (both operators are separable), in float64: ``M = D U`` [low, low] (bilinear
-    up, then :func:`downsample`) and ``P = D^T (D D^T)^-1`` [high, low], the minimum-norm
-    right inverse of ``D`` [low, high]."""
-    eye_low = torch.eye(low, dtype=torch.float64)[:, None, :, None].expand(low, 1, low, low)
-    up = F.interpolate(eye_low, size=(high, high), mode="bilinear")[:, 0, :, 0].T
+def _readback_matrices(low: int, high: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per axis (the read-back is separable), in float64: the read-back ``D`` [low, high]
+    (:func:`downsample` as a matrix) and ``G = (D D^T)^-1`` [low, low]."""
     eye_high = torch.eye(high, dtype=torch.float64)[:, None, :, None]
     down = downsample(eye_high.expand(high, 1, high, high).contiguous(), low)[:, 0, :, 0].T
-    return down @ up, down.T @ torch.linalg.inv(down @ down.T)
+    return down, torch.linalg.inv(down @ down.T)
 
 
 @functools.lru_cache(maxsize=8)
-def _projection_matrices_on(
-    low: int, high: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`_projection_matrices` in float32 on ``device``, converted once per device."""
-    return tuple(t.to(device=device, dtype=torch.float32) for t in _projection_matrices(low, high))
+def _projection_matrices(low: int, high: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per axis, in float64: ``M = D U`` [low, low] (bilinear up, then :func:`downsample`)
+    and ``P = D^T (D D^T)^-1`` [high, low], the minimum-norm right inverse of ``D``."""
+    eye_low = torch.eye(low, dtype=torch.float64)[:, None, :, None].expand(low, 1, low, low)
+    up = F.interpolate(eye_low, size=(high, high), mode="bilinear")[:, 0, :, 0].T
+    down, gram_inv = _readback_matrices(low, high)
+    return down @ up, down.T @ gram_inv
+
+
+@functools.lru_cache(maxsize=16)
+def _matrices_on(which: str, low: int, high: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """``_projection_matrices`` (``which="projection"``) or ``_readback_matrices``
+    (``"readback"``) in float32 on ``device``, converted once per device."""
+    made = (_projection_matrices if which == "projection" else _readback_matrices)(low, high)
+    return tuple(t.to(device=device, dtype=torch.float32) for t in made)
 
 
 def skip_base(stage1_img: torch.Tensor, size: int, mode: SkipBase = "bilinear") -> torch.Tensor:
@@ -77,44 +84,86 @@ def skip_base(stage1_img: torch.Tensor, size: int, mode: SkipBase = "bilinear") 
         return base
     if mode != "projected":
         raise ValueError(f"skip base must be 'bilinear' or 'projected', got {mode!r}")
-    m, p = _projection_matrices_on(low.shape[-1], size, low.device)
+    m, p = _matrices_on("projection", low.shape[-1], size, low.device)
     with torch.autocast(low.device.type, enabled=False):  # float32 even in a bf16/fp16 step
         residual = low - m @ low @ m.T  # x - D U x, separably
         return base + p @ residual @ p.T
 
 
-CONSISTENCY_ITERATIONS = 10  # most alternating projections of enforce_consistency
+CONSISTENCY_ITERATIONS = 500  # most rounds of enforce_consistency's solver
+CONSISTENCY_TOLERANCE = 1e-4  # largest |read-back - Stage-I image| it stops at, per pixel
 
 
 def enforce_consistency(
-    high: torch.Tensor, stage1_img: torch.Tensor, iterations: int = CONSISTENCY_ITERATIONS
+    high: torch.Tensor,
+    stage1_img: torch.Tensor,
+    iterations: int = CONSISTENCY_ITERATIONS,
+    tolerance: float = CONSISTENCY_TOLERANCE,
 ) -> torch.Tensor:
-    """``model.stage2_exact_consistency``: the Stage-II image [B, 3, S, S] plus the
-    minimum-norm correction that makes its :func:`downsample` the Stage-I image [B, 3, s, s],
-    ``y + D^+ (x - D y)`` (the Consistency Enforcing Module of Bahat & Michaeli, 2020),
-    clamped to [-1, 1]. Where the clamp cuts, the read-back is no longer exact, so those
-    images alternate the two projections (onto the consistent images, onto [-1, 1]: POCS)
-    up to ``iterations`` times in all, which brings them as close as [-1, 1] allows. The
-    gradient is the first projection's (the later ones pass it straight through). Float32
-    even in a bf16/fp16 step, whose rounding would undo it."""
-    y, x = high.float(), stage1_img.float()
-    _, p = _projection_matrices_on(x.shape[-1], y.shape[-1], y.device)
+    """``model.stage2_exact_consistency``: the image in [-1, 1] nearest to the Stage-II
+    image ``y`` [B, 3, S, S] whose :func:`downsample` is the Stage-I image ``x`` [B, 3, s, s].
 
-    def project(img: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return (img + p @ (target - downsample(img, target.shape[-1])) @ p.T).clamp(-1.0, 1.0)
+    Without the [-1, 1] bound this is one step, the minimum-norm correction
+    ``y + D^+ (x - D y)`` (the Consistency Enforcing Module of Bahat & Michaeli, 2020).
+    With it, the solution is ``clamp(y + D^T l)`` for the multipliers ``l`` that make its
+    read-back ``x``; they are found by accelerated (Nesterov) gradient ascent on the dual,
+    preconditioned by ``(D D^T)^-1``, whose first iterate is that clamped correction. Each
+    channel stops once every pixel of its read-back is within ``tolerance`` of ``x``, or
+    after ``iterations`` rounds. The gradient is the first iterate's (the later rounds pass
+    it straight through). Float32 even in a bf16/fp16 step, whose rounding would undo it.
+    """
+    y, x = high.float(), stage1_img.float()
+    down, gram_inv = _matrices_on("readback", x.shape[-1], y.shape[-1], y.device)
+
+    def read(img: torch.Tensor) -> torch.Tensor:  # D img, separably
+        return down @ img @ down.T
 
     with torch.autocast(y.device.type, enabled=False):
-        y = project(y, x)
+        multipliers = gram_inv @ (x - read(y)) @ gram_inv  # (D D^T)^-1 (x - D y)
+        first = (y + down.T @ multipliers @ down).clamp(-1.0, 1.0)
         with torch.no_grad():
-            z, moved = y.detach(), False
-            for _ in range(iterations - 1):
-                cut = (z.abs() >= 1.0).flatten(1).any(dim=1).nonzero().flatten()
-                if cut.numel() == 0:
-                    break
-                z, moved = z.index_copy(0, cut, project(z[cut], x[cut])), True
-        if not moved:
-            return y
-        return y + (z - y.detach()) if y.requires_grad else z
+            exact = _dual_ascent(
+                y.detach(), x, multipliers.detach(), first.detach(), iterations, tolerance
+            )
+    if high.is_contiguous(memory_format=torch.channels_last):
+        exact = exact.contiguous(memory_format=torch.channels_last)
+    return first + (exact - first.detach()) if first.requires_grad else exact
+
+
+def _dual_ascent(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    multipliers: torch.Tensor,
+    first: torch.Tensor,
+    iterations: int,
+    tolerance: float,
+) -> torch.Tensor:
+    """The rounds of :func:`enforce_consistency` on [B, C, ...] tensors, one problem per
+    channel; ``first`` is round 0's image for ``multipliers``. Channels that are done
+    leave the working set, so the cost follows the hard channels only."""
+    shape = first.shape
+    down, gram_inv = _matrices_on("readback", x.shape[-1], y.shape[-1], y.device)
+    y, x = y.reshape(-1, *shape[-2:]), x.reshape(-1, *x.shape[-2:])
+    img, out = first.reshape(-1, *shape[-2:]), first.reshape(-1, *shape[-2:]).clone()
+    index = torch.arange(y.shape[0], device=y.device)
+    mu = previous = multipliers.reshape(-1, *multipliers.shape[-2:])
+    for k in range(iterations):
+        if k:
+            img = (y + down.T @ mu @ down).clamp(-1.0, 1.0)
+        residual = x - down @ img @ down.T
+        going = residual.abs().amax(dim=(-2, -1)) > tolerance
+        if k == iterations - 1 or not bool(going.any()):
+            out.index_copy_(0, index, img)
+            break
+        done = ~going
+        if bool(done.any()):
+            out.index_copy_(0, index[done], img[done])
+            index, y, x, mu, previous, residual = (
+                t[going] for t in (index, y, x, mu, previous, residual)
+            )
+        step = mu + gram_inv @ residual @ gram_inv
+        mu, previous = step + k / (k + 3) * (step - previous), step
+    return out.reshape(shape)
 
 
 class Stage2Generator(nn.Module):

@@ -592,7 +592,12 @@ def test_exact_consistency_keeps_the_stage1_image_at_64px_and_adds_detail_above_
     so the refinement's detail above the 64 px band survives; gradients reach G."""
     from scipy.linalg import null_space
 
-    from stackgan.networks.stage2 import downsample, enforce_consistency
+    from stackgan.networks.stage2 import (
+        CONSISTENCY_ITERATIONS,
+        CONSISTENCY_TOLERANCE,
+        downsample,
+        enforce_consistency,
+    )
 
     base = dict(stage2_skip=True, stage2_zero_init=True, stage2_skip_base="projected")
     torch.manual_seed(5)
@@ -627,27 +632,36 @@ def test_exact_consistency_keeps_the_stage1_image_at_64px_and_adds_detail_above_
     torch.testing.assert_close(downsample(half, 64), low, atol=2e-5, rtol=0)
     half.square().mean().backward()
     assert last.weight.grad is None and exact.decode[-2].weight.grad.abs().sum() > 0
-    # Where the correction would leave [-1, 1] the clamp cuts it; the alternating
-    # projections then bring the read-back closer than one projection, with the same
-    # gradient (straight through), and leave images the clamp did not touch alone.
+    # Where the correction would leave [-1, 1] the clamp cuts it (a Stage-I pixel near +-1
+    # beside a sharp edge); the solver's later rounds then bring every read-back pixel
+    # within the tolerance, which 10 rounds do not, with the first round's gradient
+    # (straight through), and leave channels the clamp did not touch as one step made them.
     torch.manual_seed(2)
     sharp = torch.tanh(3 * F.interpolate(torch.randn(3, 3, 8, 8), size=64, mode="bilinear"))
     start = skip_base(sharp, 256, "projected").clamp(-0.99, 0.99)
     errors = {}
-    for n in (1, 10):
+    for n in (1, 10, CONSISTENCY_ITERATIONS):
         leaf = start.clone().requires_grad_(True)
         out = enforce_consistency(leaf, sharp, iterations=n)
         assert out.abs().max() <= 1.0
-        errors[n] = float((downsample(out.detach(), 64) - sharp).abs().mean())
+        errors[n] = float((downsample(out.detach(), 64) - sharp).abs().max())
         (out * torch.linspace(-1, 1, 256)).sum().backward()
         if n == 1:
             one_grad = leaf.grad.clone()
-    assert errors[10] < 0.5 * errors[1] and errors[1] > 1e-5, errors
-    torch.testing.assert_close(leaf.grad, one_grad)
+        torch.testing.assert_close(leaf.grad, one_grad)
+    assert errors[1] > 100 * CONSISTENCY_TOLERANCE, errors  # a hard case
+    assert errors[10] > 2 * CONSISTENCY_TOLERANCE, errors  # ... that 10 rounds leave
+    # the solver's own (matrix) read-back stops within the tolerance; F.interpolate's
+    # float rounding may differ from it by about 1e-6
+    assert errors[CONSISTENCY_ITERATIONS] <= CONSISTENCY_TOLERANCE + 1e-5, errors
     with torch.no_grad():
-        untouched = enforce_consistency(start, sharp, iterations=10)
+        solved = enforce_consistency(start, sharp)
     mixed = enforce_consistency(torch.cat([start, y.detach()]), torch.cat([sharp, low]))
     torch.testing.assert_close(mixed[3:], enforce_consistency(y.detach(), low, iterations=1))
-    torch.testing.assert_close(mixed[:3], untouched)
+    torch.testing.assert_close(mixed[:3], solved)
+    # channels_last in, channels_last out (the generators train in that layout)
+    cl = enforce_consistency(start.contiguous(memory_format=torch.channels_last), sharp)
+    assert cl.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(cl, solved)
     with pytest.raises(ConfigError, match=r"model\.stage2_exact_consistency"):
         tiny_cfg("paper", stage2_exact_consistency=True)
