@@ -128,6 +128,28 @@ class PipelineRun:
         ]
         if ids:
             sh("scancel", *ids, check=False)
+        # The local cluster tracks job processes by their process tree (proctrack/linuxproc,
+        # no cgroups here): a job process whose parent died first, as when a test kills a
+        # node's ranks, is reparented to init and outlives its job (seen: an idle Snakemake
+        # job step). Whatever still runs in this working directory is such a process.
+        kill_processes_in(self.workdir)
+
+
+def kill_processes_in(workdir: Path) -> int:
+    """SIGKILL every process other than this one whose working directory is ``workdir`` or
+    below it; returns how many."""
+    import psutil
+
+    killed = 0
+    for proc in psutil.process_iter(["pid", "cwd"]):
+        cwd = proc.info.get("cwd")
+        if proc.info["pid"] != os.getpid() and cwd and Path(cwd).is_relative_to(workdir):
+            try:
+                proc.kill()
+                killed += 1
+            except psutil.NoSuchProcess:
+                pass
+    return killed
 
 
 SACCT_FIELDS = ["JobIDRaw", "JobName", "State", "AllocTRES", "Partition", "Comment", "SubmitLine"]
