@@ -90,7 +90,10 @@ def skip_base(stage1_img: torch.Tensor, size: int, mode: SkipBase = "bilinear") 
         return base + p @ residual @ p.T
 
 
-CONSISTENCY_ITERATIONS = 500  # most rounds of enforce_consistency's solver
+CONSISTENCY_ITERATIONS = 500  # most rounds of enforce_consistency's solver (eval mode)
+# ... in train mode: the gradient is the first round's anyway, and an exact read-back of the
+# fakes costs Stage-II's training 1.6x its time (docs/benchmarks.md, twentieth round)
+CONSISTENCY_TRAIN_ITERATIONS = 10
 CONSISTENCY_TOLERANCE = 1e-4  # largest |read-back - Stage-I image| it stops at, per pixel
 
 
@@ -184,7 +187,9 @@ class Stage2Generator(nn.Module):
             G already returns the Stage-I image; no extra parameters.
         skip_base: the :func:`skip_base` mode (``model.stage2_skip_base``).
         exact_consistency: pass the output through :func:`enforce_consistency`, so that
-            read back at 64 px it is the Stage-I image (``model.stage2_exact_consistency``).
+            read back at 64 px it is the Stage-I image (``model.stage2_exact_consistency``):
+            to its tolerance in eval mode, after ``CONSISTENCY_TRAIN_ITERATIONS`` rounds in
+            train mode (the fakes D sees; the gradient is the first round's either way).
     """
 
     def __init__(
@@ -256,7 +261,8 @@ class Stage2Generator(nn.Module):
             if not self.exact_consistency:  # that one takes it in float32 as it is
                 img = img.to(pre.dtype)
         if self.exact_consistency:  # float32: bf16 rounding would undo the projection
-            img = enforce_consistency(img, stage1_img)
+            rounds = CONSISTENCY_TRAIN_ITERATIONS if self.training else CONSISTENCY_ITERATIONS
+            img = enforce_consistency(img, stage1_img, iterations=rounds)
         return img, mu, logvar
 
 

@@ -595,6 +595,7 @@ def test_exact_consistency_keeps_the_stage1_image_at_64px_and_adds_detail_above_
     from stackgan.networks.stage2 import (
         CONSISTENCY_ITERATIONS,
         CONSISTENCY_TOLERANCE,
+        CONSISTENCY_TRAIN_ITERATIONS,
         downsample,
         enforce_consistency,
     )
@@ -659,6 +660,23 @@ def test_exact_consistency_keeps_the_stage1_image_at_64px_and_adds_detail_above_
     mixed = enforce_consistency(torch.cat([start, y.detach()]), torch.cat([sharp, low]))
     torch.testing.assert_close(mixed[3:], enforce_consistency(y.detach(), low, iterations=1))
     torch.testing.assert_close(mixed[:3], solved)
+    # The generator solves to the tolerance in eval mode; in train mode (the fakes D sees)
+    # it stops after CONSISTENCY_TRAIN_ITERATIONS rounds
+    with torch.no_grad():
+        last.weight.normal_(0.0, 0.5)  # a large refinement, which the clamp cuts
+    exact.load_state_dict(free.state_dict())
+    for training, rounds in ((True, CONSISTENCY_TRAIN_ITERATIONS), (False, None)):
+        torch.manual_seed(3)
+        raw, _, _ = free.train(training)(sharp, emb[:3])
+        torch.manual_seed(3)
+        out, _, _ = exact.train(training)(sharp, emb[:3])
+        want = enforce_consistency(raw, sharp, *([rounds] if rounds else []))
+        torch.testing.assert_close(out, want)
+        error = float((downsample(out.detach(), 64) - sharp).abs().max())
+        if training:
+            assert error > 2 * CONSISTENCY_TOLERANCE, error
+        else:
+            assert error <= CONSISTENCY_TOLERANCE + 1e-5, error
     # channels_last in, channels_last out (the generators train in that layout)
     cl = enforce_consistency(start.contiguous(memory_format=torch.channels_last), sharp)
     assert cl.is_contiguous(memory_format=torch.channels_last)
