@@ -56,7 +56,7 @@ def capture(network: Path, data: Path, protocol: Any, chunks: int) -> list[tuple
     pairs: list[tuple[Any, Any]] = []
     solve = stage2.enforce_consistency
 
-    def keep(high: torch.Tensor, low: torch.Tensor, *args: Any) -> torch.Tensor:
+    def keep(high: torch.Tensor, low: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         pairs.append((high.detach().float().clone(), low.detach().float().clone()))
         return solve(high, low, 1)
 
