@@ -362,3 +362,8 @@ def test_the_benchmark_configs_resolve_over_their_preset():
         assert cfg.loss.contrastive == 0.5
     assert s.run_configs[1]["train"]["max_steps"] == 6000
     assert s.run_configs[2]["train"]["max_steps"] == 300
+    # its Stage-II keeps the Stage-I read-back exactly, as the demo's (twenty-first round)
+    stage2 = from_dict(RunConfig, s.run_configs[2])
+    assert stage2.model.stage2_skip_base == "projected"
+    assert stage2.model.stage2_exact_consistency is True
+    assert stage2.model.stage2_zero_init is False
