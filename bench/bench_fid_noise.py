@@ -55,6 +55,33 @@ def shifted_requests(index: Path, captions: int, per_caption: int, shift: int):
     )
 
 
+def state_sampler(state: Path, data: Path, cfg):
+    """A Stage-I training state's G_ema as the training's snapshot at that step: eval
+    mode, ``channels_last`` as trained, standing BatchNorm statistics over the same 512
+    training captions and seed as ``stackgan.training``."""
+    from stackgan.checkpoint import load
+    from stackgan.data.index import SplitIndex, evenly_spaced_rows
+    from stackgan.networks import build_networks
+    from stackgan.sampling import Sampler
+    from stackgan.training.run import STANDING_STAT_CAPTIONS
+    from stackgan.training.state import STATE_FORMAT
+
+    saved = load(state, expected_format=STATE_FORMAT)
+    if cfg.stage != 1 or saved.get("G_ema") is None:
+        raise SystemExit(f"bench_fid_noise: {state} is not a Stage-I state with G_ema")
+    g, _ = build_networks(cfg.model, 1)
+    g.load_state_dict(saved["G_ema"])
+    sampler = Sampler(1, cfg.model, g, None, {"step": int(saved["step"]), "weights": "G_ema"})
+    if cfg.train.channels_last:
+        sampler = sampler.to(memory_format=torch.channels_last)
+    with SplitIndex(data / "shards" / "train-index.h5") as idx:
+        rows = evenly_spaced_rows(idx.num_images, STANDING_STAT_CAPTIONS, rounded=False)
+        k = idx.captions_per_image
+        emb = idx.embedding_pairs(rows.tolist(), [i % k for i in range(len(rows))])
+    sampler.recompute_bn_statistics(torch.from_numpy(emb).float(), seed=cfg.train.seed + 4242)
+    return sampler
+
+
 def spread(values: list[float]) -> dict[str, float]:
     """Mean, standard deviation and coefficient of variation of ``values``."""
     mean = statistics.fmean(values)
@@ -67,6 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, required=True, help="the twin's data directory")
     p.add_argument("--run", type=Path, required=True, help="a Stage-I run directory")
     p.add_argument("--network", default="network-final.pt", help="file in --run to evaluate")
+    p.add_argument(
+        "--state",
+        type=Path,
+        default=None,
+        help="evaluate G_ema of this Stage-I training state instead (its BatchNorm statistics\n"
+        "recomputed as the training's snapshots do: standing statistics)",
+    )
     p.add_argument("--draws", type=int, default=8, help="evaluations per kind (default 8)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--out", type=Path, default=None, help="write results.json here")
@@ -84,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     t = cfg.train
     index = args.data / "shards" / "test-index.h5"
     classifier = args.data / "attribute_classifier.pt"
-    for path in (index, classifier, args.run / args.network):
+    for path in (index, classifier, args.state or args.run / args.network):
         if not path.exists():
             raise SystemExit(f"bench_fid_noise: {path} does not exist")
     monitor = TrainingMonitor.from_files(
@@ -97,8 +131,13 @@ def main(argv: list[str] | None = None) -> int:
         real_set=args.data / "shards" / "test-64",
         cache=args.run / "eval-real-features.npz",
     )
-    sampler = Sampler.load(args.run / args.network, channels_last=cfg.train.channels_last)
-    print(f"machine: {machine()}; {args.run / args.network} (step {sampler.meta['step']})")
+    if args.state is None:
+        sampler = Sampler.load(args.run / args.network, channels_last=cfg.train.channels_last)
+        source = args.run / args.network
+    else:
+        sampler = state_sampler(args.state, args.data, cfg)
+        source = args.state
+    print(f"machine: {machine()}; {source} (step {sampler.meta['step']})")
     print(
         f"{len(monitor.requests)} images per evaluation ({t.eval_captions} captions x "
         f"{t.eval_samples_per_caption} draws), {args.draws} evaluations per kind"
