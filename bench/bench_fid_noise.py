@@ -18,7 +18,7 @@ network's own fluctuation from one training step to the next is not measured her
     python bench/bench_fid_noise.py --data bench-out/q/results/data/twin-<key> \\
         --run bench-out/q/results/quality-s1/stage1 --out bench-out/fid-noise
     # a point inside the run: one of the training states the run keeps (train.keep_checkpoints)
-    python bench/bench_fid_noise.py --data ... --run ... \
+    python bench/bench_fid_noise.py --data ... --run ... \\
         --state bench-out/q/results/quality-s1/work/stage1/training-state-00004001.pt
 """
 
